@@ -1,0 +1,194 @@
+"""Typed settings, read from ``TRTBATCH_*`` environment variables and an optional TOML file.
+
+Precedence: built-in defaults < the file named by ``TRTBATCH_CONFIG`` < environment variables.
+An unknown key in the file, or an unknown ``TRTBATCH_*`` variable, is an error rather than
+silently ignored, so a typo (``TRTBATCH_REDIS_URI``) cannot leave a node on the wrong Redis.
+Units are part of the names (``_s`` seconds, ``_mb`` megabytes, ``_pixels``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_type_hints
+
+from common.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+ENV_PREFIX = "TRTBATCH_"
+CONFIG_ENV = "TRTBATCH_CONFIG"
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    base = os.environ.get(var) or str(Path.home() / fallback)
+    return Path(base) / "trtbatch"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of trtbatch. Field ``foo_bar`` is read from ``TRTBATCH_FOO_BAR``."""
+
+    # Redis. Unset ``redis_url`` means: use the embedded server in ``state_dir``.
+    redis_url: str | None = None
+    redis_username: str | None = None
+    redis_password: str | None = None
+    redis_tls_ca_file: str | None = None
+    redis_tls_cert_file: str | None = None
+    redis_tls_key_file: str | None = None
+    redis_socket_timeout_s: float = 30.0
+
+    # Where things live on this machine.
+    model_repo: Path = field(default_factory=lambda: _xdg("XDG_DATA_HOME", ".local/share") / "models")
+    state_dir: Path = field(default_factory=lambda: _xdg("XDG_STATE_HOME", ".local/state"))
+    cache_dir: Path = field(default_factory=lambda: _xdg("XDG_CACHE_HOME", ".cache"))
+
+    # Result store.
+    result_ttl_s: int = 7 * 24 * 3600
+    payload_ttl_s: int = 24 * 3600
+
+    # Delivery guarantees (see workers/lease.py): a batch held by a live worker has its lease
+    # renewed every ``lease_refresh_s``; one not renewed for ``visibility_timeout_s`` is handed
+    # to another worker. The timeout bounds recovery time, not task length.
+    visibility_timeout_s: int = 10
+    lease_refresh_s: float = 2.0
+    restore_interval_s: int = 1
+    task_max_retries: int = 3
+    max_deliveries: int = 8
+    retry_backoff_s: float = 2.0
+    task_hard_time_limit_s: int = 3600
+
+    # Workers.
+    heartbeat_interval_s: float = 2.0
+    heartbeat_ttl_s: int = 10
+    pipeline_slots: int = 2
+    decode_threads: int = 0
+    cpu_threads: int = 0
+    gpu_memory_pool_mb: int = 1024
+    metrics_port: int = 0
+
+    # Images.
+    max_image_pixels: int = 50_000_000
+    max_file_bytes: int = 64 * 1024 * 1024
+    strict_image_modes: bool = False
+
+    # Producer.
+    max_inflight_batches: int = 64
+    default_batch_size: int = 16
+
+    celery_accept_content: str = "json,msgpack"
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``), a config file, and overrides."""
+        env = dict(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        path = env.get(CONFIG_ENV)
+        if path:
+            values.update(_read_file(Path(path)))
+        values.update(_read_env(env))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**_coerce_all(values))
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **_coerce_all(changes))
+
+    @property
+    def uses_embedded_redis(self) -> bool:
+        return not self.redis_url
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings as plain values with secrets masked, safe to print or log."""
+        from common.redisconn import redact_url
+
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "redis_password" and value:
+                value = "***"
+            elif f.name == "redis_url" and value:
+                value = redact_url(value)
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+def _field_types() -> dict[str, Any]:
+    hints = get_type_hints(Settings)
+    return {f.name: hints[f.name] for f in fields(Settings)}
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} (from {CONFIG_ENV}) does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    known = _field_types()
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in {path}: {', '.join(unknown)}")
+    return data
+
+
+def _read_env(env: dict[str, str]) -> dict[str, Any]:
+    known = _field_types()
+    values: dict[str, Any] = {}
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
+            continue
+        name = key[len(ENV_PREFIX):].lower()
+        if name not in known:
+            raise ConfigError(f"unknown environment variable {key}")
+        values[name] = raw
+    return values
+
+
+def _coerce_all(values: dict[str, Any]) -> dict[str, Any]:
+    types = _field_types()
+    out = {}
+    for name, value in values.items():
+        if name not in types:
+            raise ConfigError(f"unknown setting {name!r}")
+        out[name] = _coerce(name, types[name], value)
+    return out
+
+
+def _coerce(name: str, typ: Any, value: Any) -> Any:
+    """Turn a string or TOML value into the field's type, with a readable error."""
+    args = [a for a in get_args(typ) if a is not type(None)]
+    optional = bool(args)
+    base = args[0] if args else typ
+    if value is None or (optional and value == ""):
+        return None
+    try:
+        if base is Path:
+            return Path(value).expanduser()
+        if base is bool:
+            return _to_bool(value)
+        if base in (int, float):
+            result = base(value)
+            if result < 0:
+                raise ValueError("must be >= 0")
+            return result
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name}={value!r}: {exc}") from exc
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("expected a boolean (1/0, true/false, yes/no)")

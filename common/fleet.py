@@ -1,0 +1,141 @@
+"""The fleet registry: live workers, what they serve and what they are doing.
+
+Each worker's main process refreshes ``trtbatch:worker:<name>`` (a hash with a TTL of
+``heartbeat_ttl_s``) and its score in ``trtbatch:workers`` every ``heartbeat_interval_s``. Each
+pipeline slot (a Celery child process holding predictors) writes ``...:slot:<n>``. A worker that
+stops heartbeating drops out of every listing after ``heartbeat_ttl_s`` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+from common import keys, routing
+
+RATE_WINDOW_S = 60
+
+
+@dataclass
+class WorkerInfo:
+    name: str
+    host: str = ""
+    pid: int = 0
+    device: str = "cpu"
+    gpu_index: int | None = None
+    gpu_name: str = ""
+    gpu_memory_used_mb: int | None = None
+    gpu_memory_total_mb: int | None = None
+    cpu_threads: int = 0
+    capabilities: list[str] = field(default_factory=list)
+    queues: list[str] = field(default_factory=list)
+    paddle_version: str = ""
+    trt_version: str = ""
+    state: str = "starting"
+    started_s: float = 0.0
+    last_seen_s: float = 0.0
+    metrics_port: int = 0
+    slots: list[dict[str, Any]] = field(default_factory=list)
+    images_per_s: float = 0.0
+
+    def caps(self) -> set[tuple[str, str]]:
+        return {tuple(c.split("/", 1)) for c in self.capabilities}  # type: ignore[misc]
+
+    def serves(self, queue: str) -> bool:
+        return queue in self.queues
+
+    def to_hash(self) -> dict[str, str]:
+        data = asdict(self)
+        data.pop("slots")
+        data.pop("images_per_s")
+        return {k: json.dumps(v) for k, v in data.items()}
+
+    @classmethod
+    def from_hash(cls, raw: dict[bytes, bytes]) -> WorkerInfo:
+        data = {k.decode(): json.loads(v) for k, v in raw.items()}
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def publish(conn: redis.Redis, info: WorkerInfo, ttl_s: int) -> None:
+    now = time.time()
+    info.last_seen_s = now
+    pipe = conn.pipeline(transaction=False)
+    pipe.hset(keys.worker(info.name), mapping=info.to_hash())
+    pipe.expire(keys.worker(info.name), ttl_s)
+    pipe.zadd(keys.WORKERS, {info.name: now})
+    pipe.zremrangebyscore(keys.WORKERS, "-inf", now - ttl_s)
+    pipe.execute()
+
+
+def publish_slot(conn: redis.Redis, worker: str, slot: int, state: dict[str, Any], ttl_s: int) -> None:
+    key = keys.worker_slot(worker, slot)
+    pipe = conn.pipeline(transaction=False)
+    pipe.hset(key, mapping={k: json.dumps(v) for k, v in state.items()})
+    pipe.expire(key, ttl_s)
+    pipe.execute()
+
+
+def record_images(conn: redis.Redis, worker: str, n: int) -> None:
+    """Count images done for the last-minute rate (one small ZSET entry per batch)."""
+    now = time.time()
+    key = keys.worker_rate(worker)
+    pipe = conn.pipeline(transaction=False)
+    pipe.zadd(key, {f"{now:.6f}:{n}": now})
+    pipe.zremrangebyscore(key, "-inf", now - RATE_WINDOW_S)
+    pipe.expire(key, RATE_WINDOW_S * 2)
+    pipe.execute()
+
+
+def remove(conn: redis.Redis, name: str, slots: int = 0) -> None:
+    conn.delete(keys.worker(name), keys.worker_rate(name),
+                *[keys.worker_slot(name, i) for i in range(slots)])
+    conn.zrem(keys.WORKERS, name)
+
+
+def live_workers(conn: redis.Redis, ttl_s: int, max_slots: int = 16) -> list[WorkerInfo]:
+    now = time.time()
+    names = [n.decode() for n in conn.zrangebyscore(keys.WORKERS, now - ttl_s, "+inf")]
+    pipe = conn.pipeline(transaction=False)
+    for name in names:
+        pipe.hgetall(keys.worker(name))
+        pipe.zrangebyscore(keys.worker_rate(name), now - RATE_WINDOW_S, "+inf")
+        for slot in range(max_slots):
+            pipe.hgetall(keys.worker_slot(name, slot))
+    replies = pipe.execute()
+    out = []
+    step = 2 + max_slots
+    for i, _name in enumerate(names):
+        raw, rate, *slots = replies[i * step:(i + 1) * step]
+        if not raw:
+            continue
+        info = WorkerInfo.from_hash(raw)
+        info.slots = [{k.decode(): json.loads(v) for k, v in s.items()} for s in slots if s]
+        done = sum(int(m.decode().rsplit(":", 1)[1]) for m in rate)
+        info.images_per_s = round(done / RATE_WINDOW_S, 2)
+        out.append(info)
+    return out
+
+
+def servers_of(workers: list[WorkerInfo], queue: str) -> list[WorkerInfo]:
+    return [w for w in workers if w.serves(queue) and w.state != "draining"]
+
+
+def unservable_reason(workers: list[WorkerInfo], queue: str) -> str | None:
+    """Why nobody will take work from ``queue`` now, or None if a live worker serves it."""
+    if servers_of(workers, queue):
+        return None
+    target, precision = routing.parse_queue(queue)
+    need = {
+        "trt": "a GPU worker with TensorRT (paddlepaddle-gpu built with TensorRT, libnvinfer present)",
+        "gpu": "a GPU worker (paddlepaddle-gpu)",
+        "cpu": "a CPU worker",
+        "any": f"any worker that serves {precision}",
+    }[target]
+    alive = ", ".join(sorted(w.name for w in workers)) or "no live workers at all"
+    return (f"no live worker can serve queue {queue}: it needs {need}; live: {alive}. "
+            f"Start one with `trtbatch worker --device ...` on a suitable node.")

@@ -1,0 +1,1 @@
+"""trtbatch producer: the click CLI and the library it calls."""

@@ -1,0 +1,108 @@
+"""``trtbatch status | results | jobs | cancel``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import time
+
+import click
+
+from common.errors import InputError
+from producer import jobs as jobs_lib
+from producer.cli.util import Context, echo_json, pass_ctx
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def status(ctx: Context, job_id: str, as_json: bool) -> None:
+    """Show a job's state, counts, failure reasons and who can serve it."""
+    st = jobs_lib.status(ctx.client, job_id)
+    if as_json:
+        echo_json(st)
+        return
+    total = f"{st['n_images']}" + ("" if st["submit_complete"] else "+ (still submitting)")
+    click.echo(f"job        {job_id}\nstate      {st['state']}\nmodel      {st['model']} ({st['version_id']}) "
+               f"{st['precision']} on {st['target']}\nimages     {total}: {st['done']} ok, {st['failed']} failed, "
+               f"{st['pending']} pending")
+    if st.get("elapsed_s") is not None:
+        click.echo(f"elapsed    {st['elapsed_s']:.1f}s ({st.get('images_per_s', 0):.1f} img/s)")
+    if st.get("batches_dead"):
+        click.echo(f"dead       {st['batches_dead']} batch(es) dead-lettered")
+    for reason, count in st["error_reasons"].items():
+        click.echo(f"  {count} x {reason}")
+    if st.get("served_by"):
+        click.echo(f"served by  {', '.join(st['served_by'])}")
+    if st.get("unservable"):
+        click.echo(f"warning    {st['unservable']}")
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("-f", "--format", "fmt", type=click.Choice(jobs_lib.EXPORT_FORMATS), default="jsonl",
+              show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write here (atomically) instead of stdout.")
+@click.option("--failed", "failed_only", is_flag=True, help="Only the failed images.")
+@pass_ctx
+def results(ctx: Context, job_id: str, fmt: str, output: str | None, failed_only: bool) -> None:
+    """Export a job's per-image results as JSONL or CSV."""
+    if output is None:
+        jobs_lib.export(ctx.client, job_id, fmt, sys.stdout, failed_only)
+        return
+    target = os.path.abspath(output)
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        raise InputError(f"output folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".trtbatch-", dir=folder)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            n = jobs_lib.export(ctx.client, job_id, fmt, fh, failed_only)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    click.echo(f"wrote {n} records to {target}", err=True)
+
+
+@click.command("jobs")
+@click.option("-n", "--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def list_jobs(ctx: Context, limit: int, as_json: bool) -> None:
+    """List recent jobs, newest first."""
+    rows = ctx.client.store.list_jobs(limit)
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo("no jobs")
+        return
+    click.echo(f"{'JOB':<26} {'STATE':<10} {'MODEL':<22} {'PREC':<5} {'DONE':>8} {'FAILED':>7} CREATED")
+    for r in rows:
+        n = r.get("n_images") if r["submit_complete"] else f"{r.get('n_enqueued', 0)}+"
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("created_s", 0)))
+        click.echo(f"{r['job_id']:<26} {r['state']:<10} {r['model'][:22]:<22} {r['precision']:<5} "
+                   f"{r.get('done', 0):>5}/{n!s:<3} {r.get('failed', 0):>6} {created}")
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def cancel(ctx: Context, job_id: str, as_json: bool) -> None:
+    """Cancel a job: queued batches are skipped and their images marked cancelled."""
+    state = ctx.client.store.cancel(job_id)
+    if as_json:
+        echo_json({"job_id": job_id, "state": state})
+    else:
+        click.echo(f"{job_id}: {state}")
+
+
+def register(group: click.Group) -> None:
+    for cmd in (status, results, list_jobs, cancel):
+        group.add_command(cmd)

@@ -1,0 +1,203 @@
+"""Submit a job: resolve the model, stream inputs into claim-check batches, enqueue, resume.
+
+Each batch's image bytes go to Redis under ``trtbatch:payload:<job>:<batch>`` (pipelined,
+``BATCHES_PER_ROUND_TRIP`` at a time) and its Celery message carries only keys. At most
+``max_inflight_batches`` batches are queued but unfinished at any moment (backpressure), so a
+job of a million images needs bounded memory in the producer, in Redis and in workers. The
+input walk is deterministic and the producer records a cursor after every round trip, so
+``submit --resume JOB`` continues an interrupted submission without sending a batch twice
+(and a batch that *was* sent twice is harmless: results are written idempotently).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+from common import catalog, keys, routing
+from common.errors import InputError, JobError
+from common.schemas import BatchPayload, BatchTask, PayloadItem
+from producer.client import Client
+from producer.inputs import InputItem, check_inputs, display_path, iter_inputs, read_bytes
+from workers.app import INFER_TASK
+
+BATCHES_PER_ROUND_TRIP = 8
+BACKPRESSURE_POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    paths: tuple[str, ...]
+    model: str
+    precision: str = "fp32"
+    target: str = "any"
+    batch_size: int = 0
+    top_k: int = 0
+    include_outputs: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    resolved: catalog.Resolved
+    queue: str
+    batch_size: int
+    top_k: int
+
+
+def new_job_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
+
+
+def publish_local(client: Client, name: str, precision: str) -> None:
+    """Publish the local model (and its quantized sibling for INT8) so any worker can fetch it."""
+    repo = client.repo
+    if repo.exists(name):
+        client.artifacts.publish_version(name, repo.dir(name))
+    if precision == "int8":
+        qname = repo.quantized_for(name)
+        if qname:
+            client.artifacts.publish_version(qname, repo.dir(qname))
+
+
+def make_plan(client: Client, opts: SubmitOptions) -> Plan:
+    routing.check_request(opts.target, opts.precision)
+    if opts.batch_size < 0:
+        raise InputError(f"--batch-size must be positive, got {opts.batch_size}")
+    if client.repo.exists(opts.model) or opts.precision == "int8":
+        publish_local(client, opts.model, opts.precision)
+    resolved = catalog.resolve(client.artifacts, opts.model, opts.precision, opts.target)
+    manifest = resolved.manifest
+    batch = min(opts.batch_size or client.settings.default_batch_size, manifest.max_batch_size)
+    return Plan(resolved=resolved, queue=routing.job_queue(resolved.target, opts.precision),
+                batch_size=batch, top_k=opts.top_k or manifest.postprocess.top_k)
+
+
+def job_meta(opts: SubmitOptions, plan: Plan) -> dict[str, object]:
+    return {"model": plan.resolved.name, "requested_model": opts.model,
+            "version_id": plan.resolved.version_id, "precision": opts.precision,
+            "target": plan.resolved.target, "queue": plan.queue, "batch_size": plan.batch_size,
+            "top_k": plan.top_k, "int8_source": plan.resolved.int8_source,
+            "include_outputs": int(opts.include_outputs), "options": json.dumps(asdict(opts)),
+            "producer": f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def submit(client: Client, opts: SubmitOptions, on_batch: Callable[[int], None] | None = None,
+           job_id: str | None = None) -> str:
+    """Create a job and send every batch; returns the job id."""
+    if not opts.paths:
+        raise InputError("no input paths given")
+    check_inputs(opts.paths)
+    plan = make_plan(client, opts)
+    job_id = job_id or new_job_id()
+    if not client.store.create_job(job_id, job_meta(opts, plan)):
+        raise JobError(f"job {job_id} already exists; use `trtbatch submit --resume {job_id}`")
+    _send_all(client, job_id, opts, plan, 0, 0, on_batch)
+    return job_id
+
+
+def resume(client: Client, job_id: str, on_batch: Callable[[int], None] | None = None) -> str:
+    """Finish sending an interrupted job's batches (a finished submission is a no-op)."""
+    meta = client.store.meta(job_id)
+    if meta["submit_complete"]:
+        return job_id
+    opts = SubmitOptions(**{k: tuple(v) if k == "paths" else v
+                            for k, v in json.loads(meta["options"]).items()})
+    plan = make_plan(client, opts)
+    if plan.resolved.version_id != meta["version_id"]:
+        raise JobError(f"model {opts.model} changed since job {job_id} started "
+                       f"({meta['version_id']} -> {plan.resolved.version_id}); submit a new job")
+    progress = client.store.progress(job_id) or {"batches": 0, "images": 0}
+    _send_all(client, job_id, opts, plan, progress["batches"], progress["images"], on_batch)
+    return job_id
+
+
+def _chunks(items: Iterator[InputItem], size: int) -> Iterator[list[InputItem]]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
+
+
+def _payload(chunk: list[InputItem], start: int, max_bytes: int) -> BatchPayload:
+    out = []
+    for offset, item in enumerate(chunk):
+        data, error = read_bytes(item.path, max_bytes)
+        out.append(PayloadItem(index=start + offset, path=display_path(item.path), data=data,
+                               label=item.label, error=error))
+    return BatchPayload(tuple(out))
+
+
+def _send_all(client: Client, job_id: str, opts: SubmitOptions, plan: Plan, skip_batches: int,
+              start_index: int, on_batch: Callable[[int], None] | None) -> None:
+    sender = _Sender(client, job_id, opts, plan, skip_batches, start_index)
+    index = 0
+    for batch_no, chunk in enumerate(_chunks(iter_inputs(opts.paths), plan.batch_size)):
+        if batch_no >= skip_batches:
+            if sender.add(batch_no, index, chunk) and client.store.job_state(job_id) == "cancelled":
+                break
+            if on_batch:
+                on_batch(len(chunk))
+        index += len(chunk)
+    sender.flush()
+    client.store.mark_submitted(job_id, sender.sent_images, sender.sent_batches)
+
+
+class _Sender:
+    """Groups batches into pipelined round trips, with backpressure and a resume cursor."""
+
+    def __init__(self, client: Client, job_id: str, opts: SubmitOptions, plan: Plan, sent_batches: int,
+                 sent_images: int) -> None:
+        self.client, self.job_id, self.opts, self.plan = client, job_id, opts, plan
+        self.pending: list[tuple[int, int, BatchPayload]] = []
+        self.sent_batches = sent_batches
+        self.sent_images = sent_images
+        self.max_inflight = client.settings.max_inflight_batches * plan.batch_size
+
+    def add(self, batch_no: int, start: int, chunk: list[InputItem]) -> bool:
+        """Queue one batch; returns True when a round trip was made."""
+        self.pending.append((batch_no, start, _payload(chunk, start, self.client.settings.max_file_bytes)))
+        if len(self.pending) >= BATCHES_PER_ROUND_TRIP:
+            self.flush()
+            return True
+        return False
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        self._wait_for_room()
+        ttl = self.client.settings.payload_ttl_s
+        pipe = self.client.conn.pipeline(transaction=False)
+        for batch_no, _, payload in self.pending:
+            pipe.set(keys.payload(self.job_id, batch_no), payload.encode(), ex=ttl)
+        pipe.execute()
+        with self.client.app.producer_or_acquire() as producer:
+            for batch_no, start, payload in self.pending:
+                self.client.app.send_task(INFER_TASK, args=[self._task(batch_no, start, payload).encode()],
+                                          queue=self.plan.queue, producer=producer)
+        last_no, last_start, last_payload = self.pending[-1]
+        n = sum(len(p.items) for _, _, p in self.pending)
+        self.sent_batches = last_no + 1
+        self.sent_images = last_start + len(last_payload.items)
+        self.client.store.note_enqueued(self.job_id, n, {"batches": self.sent_batches,
+                                                         "images": self.sent_images})
+        self.pending = []
+
+    def _task(self, batch_no: int, start: int, payload: BatchPayload) -> BatchTask:
+        r = self.plan.resolved
+        return BatchTask(job_id=self.job_id, batch_no=batch_no, payload_key=keys.payload(self.job_id, batch_no),
+                         version_id=r.version_id, model=r.name, precision=self.opts.precision,
+                         target=r.target, batch_size=self.plan.batch_size, n_images=len(payload.items),
+                         start_index=start, int8_source=r.int8_source, top_k=self.plan.top_k,
+                         include_outputs=self.opts.include_outputs)
+
+    def _wait_for_room(self) -> None:
+        while True:
+            meta = self.client.conn.hmget(keys.job(self.job_id), "n_enqueued", "done", "failed", "state")
+            enqueued, done, failed = (int(x or 0) for x in meta[:3])
+            if enqueued - done - failed < self.max_inflight or meta[3] == b"cancelled":
+                return
+            time.sleep(BACKPRESSURE_POLL_S)

@@ -1,0 +1,1 @@
+"""trtbatch workers: the Celery app, tasks, predictor building and the per-device launcher."""

@@ -1,0 +1,87 @@
+"""The Celery app, configured from what we measured on Celery 5.x + Redis.
+
+* Late acks + reject on worker lost + prefetch 1: a batch is acknowledged only after its results
+  are written, and a child that dies mid-batch hands the batch back at once.
+* Visibility is a *lease*, not a task-length bound: kombu restores an unacked message whose
+  timestamp is older than ``visibility_timeout_s``; workers/lease.py renews the timestamps of
+  every message the worker holds, every ``lease_refresh_s``. So a batch held by a live worker is
+  never run twice however long it takes, and one held by a dead worker is back within
+  ``visibility_timeout_s + restore_interval_s`` (~11 s by default) instead of the default ~100 s.
+* JSON (and msgpack) only: pickle is refused, here and at worker start.
+* No Celery result backend: results go to our own store (common/store.py).
+
+Importing this module never imports Paddle, so the producer can use the same app to send tasks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from common import keys
+from common.config import Settings
+from common.errors import ConfigError
+from common.redisconn import broker_ssl, broker_url, resolve_url
+
+INFER_TASK = "trtbatch.infer_batch"
+CALIBRATE_TASK = "trtbatch.calibrate"
+ACCEPT_CONTENT = ("json", "msgpack")
+
+
+def check_serializers(conf: Any) -> None:
+    """Refuse any configuration that would let pickle in (remote code execution on workers)."""
+    accepted = {str(c).lower() for c in conf.accept_content or ()}
+    used = {str(conf.task_serializer).lower(), str(conf.result_serializer).lower()}
+    if any("pickle" in c for c in accepted | used) or conf.event_serializer == "pickle":
+        raise ConfigError("refusing to run: pickle is configured as a Celery serializer; trtbatch "
+                          "accepts only json and msgpack")
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "visibility_timeout": settings.visibility_timeout_s,
+        "unacked_restore_interval": settings.restore_interval_s,
+        "unacked_restore_throttle": 1,
+        "global_keyprefix": keys.BROKER_PREFIX,
+        "socket_timeout": settings.redis_socket_timeout_s,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "health_check_interval": 10,
+        "retry_on_timeout": True,
+    }
+
+
+def make_app(settings: Settings, url: str | None = None, **overrides: Any) -> Celery:
+    url = url or resolve_url(settings)
+    app = Celery("trtbatch", set_as_current=False)
+    app.conf.update(
+        broker_url=broker_url(settings, url),
+        broker_use_ssl=broker_ssl(settings, url),
+        broker_transport_options=transport_options(settings),
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_channel_error_retry=True,
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=list(ACCEPT_CONTENT),
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.task_hard_time_limit_s,
+        task_create_missing_queues=True,
+        task_default_queue="trtbatch.any.fp32",
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        worker_send_task_events=False,
+        worker_enable_remote_control=True,
+        worker_deduplicate_successful_tasks=False,
+    )
+    app.conf.update(overrides)
+    check_serializers(app.conf)
+    return app

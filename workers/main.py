@@ -1,0 +1,93 @@
+"""One Celery worker bound to one device: ``python -m workers.main --device cpu|gpu --name ...``.
+
+Started by the launcher (``trtbatch worker``), which pins ``CUDA_VISIBLE_DEVICES`` for GPU
+workers. This process never imports Paddle: it probes the node in a subprocess, picks its
+queues from what the node can serve, and forks ``--slots`` pool processes that each build their
+own predictors (workers/runtime.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import uuid
+import zlib  # noqa: F401  # before paddle, in every entry point (paddlepaddle 2.6.2 zlib segfault)
+
+from common.config import Settings
+from common.errors import ConfigError, TrtbatchError
+from common.routing import worker_queues
+from workers import probe, runtime
+from workers.app import make_app
+from workers.context import WorkerIdentity
+from workers.heartbeat import HeartbeatStep
+from workers.lease import LeaseStep
+from workers.tasks import register
+from workers.warm import WarmGate
+
+log = logging.getLogger("trtbatch.worker")
+
+
+def build_identity(settings: Settings, args: argparse.Namespace) -> WorkerIdentity:
+    gpu = args.device == "gpu"
+    node = probe.detect_in_subprocess(gpu=gpu)
+    if gpu and not node.capabilities("gpu"):
+        raise ConfigError(f"--device gpu:{args.gpu_index}: {node.why_not('gpu', 'fp32')}")
+    caps = frozenset(node.capabilities(args.device))
+    queues = worker_queues(caps)
+    for extra in args.queues or []:
+        if extra not in queues:
+            queues.append(extra)
+    threads = args.threads or settings.cpu_threads or (os.cpu_count() or 1)
+    prefix = f"gpu{args.gpu_index}" if gpu else "cpu"
+    name = args.name or f"{prefix}@{socket.gethostname()}"
+    lock = settings.cache_dir / "locks" / f"{name.replace('/', '_')}.lock"
+    return WorkerIdentity(name=name, device=args.device, gpu_index=args.gpu_index if gpu else None,
+                          cpu_threads=threads, slots=args.slots or settings.pipeline_slots,
+                          decode_threads=args.decode_threads or settings.decode_threads or threads,
+                          capabilities=caps, queues=tuple(queues), node=node, lock_path=str(lock),
+                          warm=tuple(args.warm or ()), start_id=uuid.uuid4().hex[:12])
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m workers.main")
+    p.add_argument("--device", choices=("cpu", "gpu"), required=True)
+    p.add_argument("--gpu-index", type=int, default=0, help="physical GPU index (for records)")
+    p.add_argument("--name")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--decode-threads", type=int, default=0)
+    p.add_argument("--slots", type=int, default=0)
+    p.add_argument("--queues", action="append")
+    p.add_argument("--warm", action="append")
+    p.add_argument("--loglevel", default=None)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    settings = Settings.from_env()
+    level = (args.loglevel or settings.log_level).upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
+    try:
+        ident = build_identity(settings, args)
+        runtime.configure(settings, ident)
+        app = make_app(settings, accept_content=settings.celery_accept_content.split(","))
+    except TrtbatchError as exc:
+        log.error("%s", exc)
+        return 2
+    register(app)
+    app.steps["consumer"].add(LeaseStep)
+    app.steps["consumer"].add(HeartbeatStep)
+    app.steps["worker"].add(WarmGate)
+    log.info("worker %s on %s serving %s", ident.name, ident.device_label, ", ".join(ident.queues))
+    worker = app.Worker(hostname=ident.name, pool_cls="prefork", concurrency=ident.slots,
+                        queues=list(ident.queues), loglevel=level, optimization="fair",
+                        without_heartbeat=True, without_mingle=True, without_gossip=True)
+    worker.start()
+    return int(worker.exitcode or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

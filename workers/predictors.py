@@ -1,0 +1,122 @@
+"""Build, warm up, run and tear down Paddle Inference predictors, and cache them per process.
+
+A predictor is built inside a Celery child process (after the fork), from a ``PredictorSpec``,
+and cached under the spec's key - that is, per (model version, backend, precision, device,
+shape range). Building is separate from running so warm start (``--warm``) and calibration can
+reuse the same steps.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+import zlib  # noqa: F401  # before paddle (paddlepaddle 2.6.2 segfaults on first zlib use otherwise)
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import ModelError, PrecisionUnsupportedError
+from workers import paddle_config
+from workers.spec import PredictorSpec
+
+log = logging.getLogger("trtbatch.predictors")
+
+_TRT_MISSING = ("please compile with tensorrt", "tensorrt dynamic library is not found",
+                "tensorrt is needed")
+
+
+class Predictor:
+    def __init__(self, spec: PredictorSpec, model_dir: Path, opt_cache_dir: Path) -> None:
+        self.spec = spec
+        self.model_dir = model_dir
+        self.opt_cache_dir = opt_cache_dir
+        started = time.perf_counter()
+        self._pred = _create(spec, model_dir, opt_cache_dir)
+        self.build_s = time.perf_counter() - started
+        self.input_name = self._pred.get_input_names()[0]
+        self.output_names = list(self._pred.get_output_names())
+        self._input = self._pred.get_input_handle(self.input_name)
+        self._outputs = [self._pred.get_output_handle(n) for n in self.output_names]
+        self.runs = 0
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """One forward pass; the outputs are copies owned by the caller."""
+        self._input.reshape(list(batch.shape))
+        self._input.copy_from_cpu(np.ascontiguousarray(batch, dtype=np.float32))
+        self._pred.run()
+        self.runs += 1
+        return {name: h.copy_to_cpu() for name, h in zip(self.output_names, self._outputs, strict=True)}
+
+    def warm(self, batch_sizes: tuple[int, ...], chw: tuple[int, int, int], repeats: int = 2) -> float:
+        """Run zeros through every batch size (builds TensorRT profiles); returns seconds spent."""
+        started = time.perf_counter()
+        for n in batch_sizes:
+            for _ in range(repeats):
+                self.run(np.zeros((n, *chw), np.float32))
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        """Destroy the native predictor; this is when Paddle writes TensorRT calibration tables."""
+        self._input = None
+        self._outputs = []
+        self._pred = None
+        gc.collect()
+
+
+def _create(spec: PredictorSpec, model_dir: Path, opt_cache_dir: Path):
+    import paddle.inference as paddle_infer
+
+    try:
+        config = paddle_config.apply(spec, paddle_config.new_config(model_dir), opt_cache_dir)
+        return paddle_infer.create_predictor(config)
+    except (RuntimeError, ValueError, OSError) as exc:
+        text = str(exc)
+        if any(marker in text.lower() for marker in _TRT_MISSING):
+            raise PrecisionUnsupportedError(
+                f"cannot build the {spec.backend}/{spec.precision} predictor: TensorRT is not usable "
+                f"on this node ({_first_line(text)})") from exc
+        raise ModelError(f"cannot build the {spec.backend}/{spec.precision} predictor for "
+                         f"{spec.version_id}: {_first_line(text)}") from exc
+
+
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    picked = [ln for ln in lines if "Error" in ln or "error" in ln] or lines
+    return (picked[0] if picked else text)[:500]
+
+
+class PredictorCache:
+    """Per-process LRU of predictors keyed by ``spec.key()``; building is serialised."""
+
+    def __init__(self, capacity: int = 4) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, Predictor] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, spec: PredictorSpec, model_dir: Path, opt_cache_dir: Path) -> Predictor:
+        key = spec.key()
+        with self._lock:
+            pred = self._items.get(key)
+            if pred is not None:
+                self._items.move_to_end(key)
+                return pred
+            pred = Predictor(spec, model_dir, opt_cache_dir)
+            log.info("built %s/%s predictor for %s in %.2fs", spec.backend, spec.precision,
+                     spec.version_id, pred.build_s)
+            self._items[key] = pred
+            while len(self._items) > self.capacity:
+                _, old = self._items.popitem(last=False)
+                old.close()
+            return pred
+
+    def loaded(self) -> list[dict[str, object]]:
+        return [{"version": p.spec.version_id, "backend": p.spec.backend, "precision": p.spec.precision,
+                 "build_s": round(p.build_s, 3), "runs": p.runs} for p in self._items.values()]
+
+    def close(self) -> None:
+        with self._lock:
+            while self._items:
+                self._items.popitem()[1].close()

@@ -1,0 +1,190 @@
+"""Run one batch: fetch the claim-check payload, decode, infer, postprocess, write results.
+
+Failures are sorted by scope:
+
+* one image cannot be used (``ImageError``) -> that image's record says why, the rest go on;
+* the whole batch cannot be served (``PermanentError``: model broken, precision unsupported on
+  this node, payload expired) -> every image of the batch fails at once with that reason;
+* anything else propagates to the task, which retries with backoff and dead-letters the batch
+  after ``task_max_retries`` (workers/tasks.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from common import fleet, keys
+from common.errors import ImageError, PermanentError
+from common.imaging import Preprocessor
+from common.manifest import ModelManifest
+from common.routing import INT8_TRT_CALIB, choose_backend
+from common.schemas import BatchPayload, BatchTask, PayloadItem, ResultRecord
+from workers import postprocess
+from workers.context import SlotContext
+from workers.spec import PredictorSpec, build_spec
+
+log = logging.getLogger("trtbatch.runner")
+
+
+@dataclass
+class BatchOutcome:
+    ok: int = 0
+    failed: int = 0
+    skipped: str = ""
+    infer_s: float = 0.0
+    decode_s: float = 0.0
+
+
+def base_record(ctx: SlotContext, task: BatchTask, item: PayloadItem, backend: str = "") -> ResultRecord:
+    return ResultRecord(index=item.index, path=item.path, ok=True, label=item.label, job_id=task.job_id,
+                        batch_no=task.batch_no, model=task.model, version_id=task.version_id,
+                        precision=task.precision, backend=backend, worker=ctx.identity.name,
+                        device=ctx.identity.device_label)
+
+
+def failed(rec: ResultRecord, exc: Exception | str, code: str | None = None) -> ResultRecord:
+    reason = str(exc)
+    code = code or getattr(exc, "code", "error")
+    return replace(rec, ok=False, error=reason, error_code=code, top_k=None, outputs=None)
+
+
+def placeholder_items(task: BatchTask) -> list[PayloadItem]:
+    """Items standing in for a payload that is gone: indices are known, paths are not."""
+    return [PayloadItem(index=task.start_index + i, path="") for i in range(task.n_images)]
+
+
+def fail_batch(ctx: SlotContext, task: BatchTask, reason: Exception | str, code: str,
+               items: list[PayloadItem] | None = None, dead: bool = False) -> BatchOutcome:
+    """Give every image of the batch one failed record (idempotent)."""
+    if items is None:
+        raw = ctx.conn.get(task.payload_key)
+        items = list(BatchPayload.decode(raw).items) if raw else placeholder_items(task)
+    records = [failed(base_record(ctx, task, it), reason, code) for it in items]
+    state = f"dead:{str(reason)[:200]}" if dead else f"failed:{code}"
+    new_ok, new_failed = ctx.store.write_batch(task.job_id, task.batch_no, records, task.payload_key, state)
+    return BatchOutcome(ok=new_ok, failed=new_failed)
+
+
+def load_manifest(ctx: SlotContext, version_id: str) -> tuple[ModelManifest, object]:
+    model_dir = ctx.artifacts.materialize(version_id, ctx.cache_dir)
+    manifest = ctx.manifests.get(version_id)
+    if manifest is None:
+        manifest = ModelManifest.load(model_dir)
+        ctx.manifests[version_id] = manifest
+    return manifest, model_dir
+
+
+def predictor_for(ctx: SlotContext, task: BatchTask, manifest: ModelManifest, model_dir):
+    backend = choose_backend(task.target, task.precision, ctx.identity.capabilities)
+    return predictor_for_spec(ctx, task.version_id, manifest, model_dir, backend, task.precision,
+                              min(task.batch_size, manifest.max_batch_size), task.int8_source)
+
+
+def predictor_for_spec(ctx: SlotContext, version_id: str, manifest: ModelManifest, model_dir, backend: str,
+                       precision: str, batch_size: int, int8_source: str | None):
+    spec = build_spec(manifest, version_id, ctx.identity.node, ctx.identity.device, backend, precision,
+                      batch_size, int8_source, cpu_threads=ctx.identity.cpu_threads,
+                      gpu_memory_pool_mb=ctx.settings.gpu_memory_pool_mb)
+    opt_dir = ctx.engine_dir(spec.engine_cache_name())
+    if spec.int8_source == INT8_TRT_CALIB:
+        install_calibration(ctx, spec, opt_dir)
+    return ctx.predictors.get(spec, model_dir, opt_dir)
+
+
+def install_calibration(ctx: SlotContext, spec: PredictorSpec, opt_dir) -> None:
+    from workers.calibration import install_tables
+
+    install_tables(ctx.artifacts, spec, opt_dir)
+
+
+def decode_all(ctx: SlotContext, pre: Preprocessor, items: list[PayloadItem], chw: tuple[int, int, int]
+               ) -> tuple[np.ndarray, list[tuple[str, ...] | Exception]]:
+    """Decode every item in the thread pool into one batch buffer; per-item notes or the error."""
+    buf = np.empty((len(items), *chw), np.float32)
+
+    def one(i: int) -> tuple[str, ...] | Exception:
+        item = items[i]
+        if item.error:
+            return ImageError(item.error)
+        try:
+            return pre.into(item.data, buf[i])
+        except ImageError as exc:
+            return exc
+        except Exception as exc:  # a decoder bug must not take the batch down
+            return ImageError(f"cannot decode image: {type(exc).__name__}: {exc}")
+
+    return buf, list(ctx.pool.map(one, range(len(items))))
+
+
+def run_batch(ctx: SlotContext, task: BatchTask) -> BatchOutcome:
+    state = ctx.store.job_state(task.job_id)
+    if state is None:
+        log.warning("job %s is gone; dropping batch %d", task.job_id, task.batch_no)
+        return BatchOutcome(skipped="job gone")
+    raw = ctx.conn.get(task.payload_key)
+    if raw is None:
+        if ctx.conn.hexists(keys.job_batches(task.job_id), task.batch_no):
+            return BatchOutcome(skipped="already written")
+        return fail_batch(ctx, task, "image payload expired or missing (payload_ttl_s)", "payload_missing",
+                          placeholder_items(task))
+    items = list(BatchPayload.decode(raw).items)
+    if state == "cancelled":
+        return fail_batch(ctx, task, "job cancelled", "cancelled", items)
+    try:
+        manifest, model_dir = load_manifest(ctx, task.version_id)
+        predictor = predictor_for(ctx, task, manifest, model_dir)
+    except PermanentError as exc:
+        return fail_batch(ctx, task, exc, exc.code, items)
+    return infer_items(ctx, task, items, manifest, predictor)
+
+
+def infer_items(ctx: SlotContext, task: BatchTask, items: list[PayloadItem], manifest: ModelManifest,
+                predictor) -> BatchOutcome:
+    pre = Preprocessor(manifest.preprocess, manifest.input.chw, ctx.settings.max_image_pixels,
+                       ctx.settings.strict_image_modes)
+    t0 = time.perf_counter()
+    buf, decoded = decode_all(ctx, pre, items, manifest.input.chw)
+    good = [i for i, d in enumerate(decoded) if not isinstance(d, Exception)]
+    t1 = time.perf_counter()
+    outputs: dict[str, np.ndarray] = {}
+    if good:
+        batch = buf if len(good) == len(items) else buf[good]
+        ctx.publish_state(current_batch=f"{task.job_id}:{task.batch_no}")
+        with ctx.lock.hold():
+            outputs = predictor.run(batch)
+    t2 = time.perf_counter()
+    records = build_records(ctx, task, items, decoded, good, outputs, manifest, predictor.spec.backend)
+    new_ok, new_failed = ctx.store.write_batch(task.job_id, task.batch_no, records, task.payload_key)
+    fleet.record_images(ctx.conn, ctx.identity.name, len(items))
+    return BatchOutcome(ok=new_ok, failed=new_failed, decode_s=t1 - t0, infer_s=t2 - t1)
+
+
+def build_records(ctx: SlotContext, task: BatchTask, items: list[PayloadItem], decoded: list,
+                  good: list[int], outputs: dict[str, np.ndarray], manifest: ModelManifest,
+                  backend: str) -> list[ResultRecord]:
+    posts = postprocess.postprocess(outputs, manifest.postprocess, task.top_k) if good else []
+    raw_rows = _raw_rows(outputs, len(good)) if task.include_outputs and good else []
+    by_item = {i: n for n, i in enumerate(good)}
+    records = []
+    for i, item in enumerate(items):
+        rec = base_record(ctx, task, item, backend)
+        if i not in by_item:
+            records.append(failed(rec, decoded[i]))
+            continue
+        n = by_item[i]
+        post = posts[n]
+        rec = replace(rec, top_k=post.get("top_k"), outputs=post.get("outputs"),
+                      notes=list(decoded[i]) or None)
+        if raw_rows:
+            rec = replace(rec, outputs=raw_rows[n])
+        records.append(rec)
+    return records
+
+
+def _raw_rows(outputs: dict[str, np.ndarray], n: int) -> list[dict[str, list]]:
+    return [{name: arr[i].astype(np.float64).ravel().tolist() for name, arr in outputs.items()}
+            for i in range(n)]
