@@ -83,6 +83,7 @@ class Settings:
     default_batch_size: int = 16
 
     celery_accept_content: str = "json,msgpack"
+    task_events: bool = False
     log_level: str = "INFO"
 
     @classmethod

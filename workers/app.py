@@ -78,7 +78,8 @@ def make_app(settings: Settings, url: str | None = None, **overrides: Any) -> Ce
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
-        worker_send_task_events=False,
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         worker_enable_remote_control=True,
         worker_deduplicate_successful_tasks=False,
     )
