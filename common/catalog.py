@@ -9,6 +9,7 @@ else is a clear error naming the command that fixes it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from common import keys
@@ -41,21 +42,34 @@ def has_calibration(artifacts: ArtifactStore, version_id: str) -> bool:
     return next(iter(artifacts.conn.scan_iter(match=pattern, count=100)), None) is not None
 
 
+TableCheck = Callable[[str, ModelManifest], bool]
+
+
 def resolve(artifacts: ArtifactStore, name: str, precision: str, target: str,
-            version_id: str | None = None) -> Resolved:
+            version_id: str | None = None, has_table: TableCheck | None = None) -> Resolved:
+    """The version serving (name, precision, target). ``has_table(version, manifest)`` says whether
+    a TensorRT calibration table fits the job (default: any table of the version)."""
     vid = version_id or latest_version(artifacts, name)
     manifest = artifacts.manifest(vid)
     if precision != "int8":
         return Resolved(name, vid, manifest, None, target)
     if manifest.quantized:
         return Resolved(name, vid, manifest, INT8_QUANTIZED, target)
-    qname = quantized_name(name)
-    qversions = artifacts.versions(qname)
-    if qversions:
-        return Resolved(qname, qversions[0], artifacts.manifest(qversions[0]), INT8_QUANTIZED, target)
-    if target in ("trt", "any") and has_calibration(artifacts, vid):
+    table = (has_table or (lambda v, _m: has_calibration(artifacts, v)))
+    if target == "trt" and table(vid, manifest):  # the guide's first choice on TensorRT
         return Resolved(name, vid, manifest, INT8_TRT_CALIB, "trt")
+    qname = quantized_name(name)
+    stale = False
+    for qvid in artifacts.versions(qname):
+        qmanifest = artifacts.manifest(qvid)
+        source = qmanifest.provenance.get("source_version")
+        if source in (None, vid):  # user-registered quantized models carry no source version
+            return Resolved(qname, qvid, qmanifest, INT8_QUANTIZED, target)
+        stale = True
+    if target == "any" and table(vid, manifest):
+        return Resolved(name, vid, manifest, INT8_TRT_CALIB, "trt")
+    why = (f"{qname} was made from an older version of {name!r}, so it no longer matches; re-run calibration"
+           if stale else f"INT8 for model {name!r} needs a quantized version or a TensorRT calibration table")
     raise PrecisionUnsupportedError(
-        f"INT8 for model {name!r} needs a quantized version or a TensorRT calibration table; make one "
-        f"with `trtbatch calibrate --model {name} --images DIR --method ptq` (served on CPU and "
+        f"{why}; make one with `trtbatch calibrate --model {name} --images DIR --method ptq` (served on CPU and "
         f"TensorRT) or `--method trt` (TensorRT nodes only)")

@@ -130,11 +130,12 @@ def unservable_reason(workers: list[WorkerInfo], queue: str) -> str | None:
     if servers_of(workers, queue):
         return None
     target, precision = routing.parse_queue(queue)
+    what = "calibration jobs" if precision == routing.CALIBRATION_QUEUE_SUFFIX else precision
     need = {
         "trt": "a GPU worker with TensorRT (paddlepaddle-gpu built with TensorRT, libnvinfer present)",
         "gpu": "a GPU worker (paddlepaddle-gpu)",
         "cpu": "a CPU worker",
-        "any": f"any worker that serves {precision}",
+        "any": f"any worker that serves {what}",
     }[target]
     alive = ", ".join(sorted(w.name for w in workers)) or "no live workers at all"
     return (f"no live worker can serve queue {queue}: it needs {need}; live: {alive}. "

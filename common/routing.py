@@ -65,9 +65,9 @@ def job_queue(target: str, precision: str) -> str:
     return f"{QUEUE_PREFIX}.{target}.{precision}"
 
 
-def calibration_queue(backend: str) -> str:
-    """Calibration jobs: ``ptq`` runs on any worker (CPU executor), ``trt`` needs TensorRT."""
-    return f"{QUEUE_PREFIX}.{backend}.{CALIBRATION_QUEUE_SUFFIX}"
+def calibration_queue(method: str) -> str:
+    """Calibration jobs: ``ptq`` runs on any worker (Paddle's CPU executor), ``trt`` needs TensorRT."""
+    return f"{QUEUE_PREFIX}.{'trt' if method == 'trt' else 'any'}.{CALIBRATION_QUEUE_SUFFIX}"
 
 
 def parse_queue(queue: str) -> tuple[str, str]:
@@ -87,8 +87,10 @@ def worker_queues(capabilities: Iterable[tuple[str, str]]) -> list[str]:
             name = f"{QUEUE_PREFIX}.{target}.{precision}"
             if name not in queues:
                 queues.append(name)
-    for backend in sorted({b for b, _ in caps}):
-        queues.append(calibration_queue(backend))
+    if caps:
+        queues.append(calibration_queue("ptq"))
+    if any(b == "trt" for b, _ in caps):
+        queues.append(calibration_queue("trt"))
     return queues
 
 

@@ -25,7 +25,8 @@ from common import keys
 from common.errors import JobError
 from common.schemas import ResultRecord
 
-STATES = ("submitting", "queued", "done", "cancelled")
+STATES = ("submitting", "queued", "running", "done", "failed", "cancelled")
+TERMINAL = ("done", "failed", "cancelled")
 
 # Finishes the job when every image has a record and the producer has sent everything.
 _FINISH_LUA = """
@@ -104,7 +105,7 @@ class JobStatus:
 
     @property
     def terminal(self) -> bool:
-        return self.state in ("done", "cancelled")
+        return self.state in TERMINAL
 
     def as_dict(self) -> dict[str, Any]:
         out = dict(self.meta)
@@ -243,9 +244,28 @@ class JobStore:
             self.conn.zrem(keys.JOBS, *stale)
         return out
 
+    def set_fields(self, job_id: str, **fields: Any) -> None:
+        """Update metadata of a job (calibration jobs report their progress and result this way)."""
+        values = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items() if v is not None}
+        values["updated_s"] = str(time.time())
+        self.conn.hset(keys.job(job_id), mapping=values)
+
+    def finish(self, job_id: str, state: str, **fields: Any) -> None:
+        if state not in TERMINAL:
+            raise ValueError(f"not a terminal state: {state}")
+        self.set_fields(job_id, state=state, finished_s=str(time.time()), **fields)
+
+    def add_progress(self, job_id: str, n: int, failed: int = 0) -> None:
+        pipe = self.conn.pipeline(transaction=False)
+        if n:
+            pipe.hincrby(keys.job(job_id), "done", n)
+        if failed:
+            pipe.hincrby(keys.job(job_id), "failed", failed)
+        pipe.execute()
+
     def cancel(self, job_id: str) -> str:
         meta = self.meta(job_id)
-        if meta["state"] in ("done", "cancelled"):
+        if meta["state"] in TERMINAL:
             return meta["state"]
         self.conn.hset(keys.job(job_id), mapping={"state": "cancelled", "cancelled_s": time.time()})
         return "cancelled"

@@ -21,11 +21,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 from common import catalog, keys, routing
-from common.errors import InputError, JobError
+from common.errors import InputError, JobError, PrecisionUnsupportedError
+from common.manifest import ModelManifest
 from common.schemas import BatchPayload, BatchTask, PayloadItem
 from producer.client import Client
 from producer.inputs import InputItem, check_inputs, display_path, iter_inputs, read_bytes
 from workers.app import INFER_TASK
+from workers.calibration import available_tables, table_files
+from workers.spec import calib_key_for
 
 BATCHES_PER_ROUND_TRIP = 8
 BACKPRESSURE_POLL_S = 0.05
@@ -65,17 +68,43 @@ def publish_local(client: Client, name: str, precision: str) -> None:
             client.artifacts.publish_version(qname, repo.dir(qname))
 
 
+def _batch(client: Client, opts: SubmitOptions, manifest: ModelManifest) -> int:
+    return min(opts.batch_size or client.settings.default_batch_size, manifest.max_batch_size)
+
+
 def make_plan(client: Client, opts: SubmitOptions) -> Plan:
     routing.check_request(opts.target, opts.precision)
     if opts.batch_size < 0:
         raise InputError(f"--batch-size must be positive, got {opts.batch_size}")
     if client.repo.exists(opts.model) or opts.precision == "int8":
         publish_local(client, opts.model, opts.precision)
-    resolved = catalog.resolve(client.artifacts, opts.model, opts.precision, opts.target)
+
+    def has_table(vid: str, manifest: ModelManifest) -> bool:
+        return bool(table_files(client.artifacts, vid, calib_key_for(manifest, vid, _batch(client, opts, manifest))))
+
+    try:
+        resolved = catalog.resolve(client.artifacts, opts.model, opts.precision, opts.target, has_table=has_table)
+    except PrecisionUnsupportedError:
+        _explain_table_mismatch(client, opts)
+        raise
     manifest = resolved.manifest
-    batch = min(opts.batch_size or client.settings.default_batch_size, manifest.max_batch_size)
+    batch = _batch(client, opts, manifest)
     return Plan(resolved=resolved, queue=routing.job_queue(resolved.target, opts.precision),
                 batch_size=batch, top_k=opts.top_k or manifest.postprocess.top_k)
+
+
+def _explain_table_mismatch(client: Client, opts: SubmitOptions) -> None:
+    """INT8 failed to resolve: if TensorRT tables exist for other batch sizes, say which."""
+    if opts.precision != "int8" or opts.target not in ("trt", "any"):
+        return
+    vid = catalog.latest_version(client.artifacts, opts.model)
+    sizes = sorted({t.get("batch_size") for t in available_tables(client.artifacts, vid)} - {None})
+    if sizes:
+        batch = _batch(client, opts, client.artifacts.manifest(vid))
+        raise PrecisionUnsupportedError(
+            f"the TensorRT calibration tables of {opts.model} ({vid}) were made for batch size(s) {sizes}, this "
+            f"job uses {batch}: submit with --batch-size {sizes[0]} or run `trtbatch calibrate --model "
+            f"{opts.model} --method trt --batch-size {batch} --images DIR`")
 
 
 def job_meta(opts: SubmitOptions, plan: Plan) -> dict[str, object]:

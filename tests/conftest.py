@@ -4,7 +4,6 @@ digits model made once, and one real CPU worker subprocess shared by integration
 from __future__ import annotations
 
 import zlib  # noqa: F401  # before paddle (paddlepaddle 2.6.2 segfaults on first zlib use otherwise)
-
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,7 +73,7 @@ def cpu_worker(redis_server: RedisServer, base_env: dict[str, str], session_dirs
     log = session_dirs["logs"] / "cpu_worker.log"
     env = worker_env(base_env)
     with running_worker(redis_server.client(), env, name, log, "--queues", "trtbatch.trt.int8",
-                        "--queues", "trtbatch.trt.fp32"):
+                        "--queues", "trtbatch.trt.fp32", "--queues", "trtbatch.trt.calib"):
         yield name
 
 

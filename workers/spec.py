@@ -121,12 +121,9 @@ class PredictorSpec:
         return hashlib.sha256(self.canonical().encode()).hexdigest()[:16]
 
     def calib_key(self) -> str:
-        """Identity of a TensorRT calibration table: the model version and every TensorRT setting
-        that shapes the engine, but not the GPU (a table is portable across cards)."""
         if self.trt is None:
             raise ValueError("calibration keys exist for TensorRT specs only")
-        data = {"version": self.version_id, "trt": asdict(self.trt)}
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return calib_key_of(self.version_id, self.trt)
 
     def engine_cache_name(self) -> str:
         """Folder name of this spec's optimisation cache: version, precision, GPU name + compute
@@ -140,6 +137,22 @@ class PredictorSpec:
                       f"bs{self.trt.min_shape[0]}-{self.trt.opt_shape[0]}-{self.trt.max_shape[0]}"]
         parts += ["paddle" + self.node.get("paddle", ""), self.key()[:8]]
         return "_".join(p for p in parts if p)
+
+
+def calib_key_of(version_id: str, trt: TrtSettings) -> str:
+    """Identity of a TensorRT calibration table: the model version and every TensorRT setting that
+    shapes the engine (precision, shape ranges, max batch, min_subgraph_size, workspace), but not
+    ``use_static`` / ``use_calib_mode`` (the calibration run and the serving run differ only there)
+    nor the GPU (a table is portable across cards; engines are not)."""
+    fields = {k: v for k, v in asdict(trt).items() if k not in ("use_static", "use_calib_mode")}
+    data = {"version": version_id, "trt": fields}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def calib_key_for(manifest: ModelManifest, version_id: str, batch_size: int) -> str:
+    """The calibration key a trt/int8 job of this batch size will look for (pure: any node)."""
+    batch = min(batch_size, manifest.max_batch_size)
+    return calib_key_of(version_id, _trt_settings(manifest, "int8", batch, INT8_TRT_CALIB))
 
 
 def resolve_int8_source(manifest: ModelManifest, requested: str | None) -> str:

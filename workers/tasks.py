@@ -99,3 +99,7 @@ def register(app: Celery) -> None:
               reject_on_worker_lost=True, ignore_result=True)
     def infer_batch(self: Task, message: dict[str, Any]) -> dict[str, Any]:
         return infer(self, message)
+
+    from workers.calibration_task import register as register_calibration
+
+    register_calibration(app)

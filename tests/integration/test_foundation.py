@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import zlib  # noqa: F401  # before paddle
-
 import csv
 import io
 import json
+import zlib  # noqa: F401  # before paddle
 from pathlib import Path
 
 import numpy as np
@@ -104,17 +103,24 @@ def test_bad_inputs_fail_alone(client, cpu_worker, digits, workdir: Path):
     assert final.failed == len(bad) + 1
 
 
-def test_tensorrt_int8_on_a_node_without_tensorrt_fails_clearly(client, cpu_worker, digits):
+def test_tensorrt_int8_on_a_node_without_tensorrt_fails_clearly(client, cpu_worker, digits, workdir):
     """A TensorRT INT8 batch reaching a CPU-only node fails at once, permanently, with the reason."""
+    from workers.calibration import publish_tables
+    from workers.spec import NodeInfo, build_spec
+
     artifacts = ArtifactStore(client.conn)
     vid = artifacts.publish_version("digits", digits["repo"] / "digits")
-    sha = artifacts.put_bytes(b"TRT-8503-EntropyCalibration2\n")
-    client.conn.hset(f"trtbatch:calib:{vid}:testspec", "trt_calib_dummy", sha)
+    manifest = artifacts.manifest(vid)
+    trt_node = NodeInfo(cuda=True, trt_compile_version=(8, 5, 3), trt_runtime=True, gpu_count=1)
+    spec = build_spec(manifest, vid, trt_node, "gpu", "trt", "int8", 16, "trt-calib")
+    table = workdir / "trt_calib_x"
+    table.write_bytes(b"TRT-8503-EntropyCalibration2\n")
+    key = publish_tables(artifacts, spec, {"trt_calib_x": table}, {"batch_size": 16})
     try:
         files = sorted(digits["images"].glob("digit_000*.png"))[:3]
         _, final, records = run_job(client, files, precision="int8", target="trt")
     finally:
-        client.conn.delete(f"trtbatch:calib:{vid}:testspec")
+        client.conn.delete(key)
     assert final.state == "done" and final.failed == 3
     for rec in records:
         assert rec.error_code == "precision_unsupported"

@@ -1,0 +1,93 @@
+"""Calibration jobs from the producer side: upload the calibration (and evaluation) images, send
+one task to one capable worker, and, when it finishes, pull a new quantized version into the local
+repository so `models list/show` see it on this machine too."""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import catalog, keys, routing
+from common.errors import CalibrationError, InputError
+from common.manifest import ModelManifest
+from common.schemas import CalibTask
+from producer.client import Client
+from producer.inputs import check_inputs, iter_inputs
+from producer.submit import _chunks, _payload, new_job_id, publish_local
+from workers.app import CALIBRATE_TASK
+from workers.calibration import METHODS, PTQ_ALGOS, RECOMMENDED_IMAGES
+
+
+@dataclass(frozen=True)
+class CalibrateOptions:
+    model: str
+    images: tuple[str, ...]
+    method: str = "ptq"
+    algo: str = "hist"
+    samples: int = 0
+    eval_paths: tuple[str, ...] = ()
+    batch_size: int = 16
+    threshold_pt: float = 1.0
+
+
+def _check(opts: CalibrateOptions) -> None:
+    if opts.method not in METHODS:
+        raise InputError(f"unknown method {opts.method!r}; choose one of {', '.join(METHODS)}")
+    if opts.method == "ptq" and opts.algo not in PTQ_ALGOS:
+        raise InputError(f"unknown algorithm {opts.algo!r}; choose one of {', '.join(PTQ_ALGOS)}")
+    if opts.batch_size < 1 or opts.samples < 0:
+        raise InputError("--batch-size must be >= 1 and --samples >= 0")
+    if not opts.images:
+        raise InputError("give calibration images with --images")
+    check_inputs(opts.images)
+    check_inputs(opts.eval_paths)
+
+
+def _upload(client: Client, job_id: str, tag: str, paths: tuple[str, ...], limit: int, batch: int) -> tuple[
+        list[str], int]:
+    items = iter_inputs(paths)
+    if limit:
+        items = itertools.islice(items, limit)
+    payload_keys, n = [], 0
+    for i, chunk in enumerate(_chunks(items, batch)):
+        key = f"{keys.payload(job_id, i)}:{tag}" if tag else keys.payload(job_id, i)
+        payload = _payload(chunk, n, client.settings.max_file_bytes)
+        client.conn.set(key, payload.encode(), ex=client.settings.payload_ttl_s)
+        payload_keys.append(key)
+        n += len(chunk)
+    return payload_keys, n
+
+
+def calibrate(client: Client, opts: CalibrateOptions, job_id: str | None = None) -> str:
+    _check(opts)
+    publish_local(client, opts.model, "fp32")
+    vid = catalog.latest_version(client.artifacts, opts.model)
+    manifest = client.artifacts.manifest(vid)
+    if manifest.quantized:
+        raise CalibrationError(f"{opts.model} is already quantized; calibrate its FP32 base model")
+    batch = min(opts.batch_size, manifest.max_batch_size)
+    queue = routing.calibration_queue(opts.method)
+    job_id = job_id or new_job_id()
+    client.store.create_job(job_id, {"kind": "calibration", "model": opts.model, "version_id": vid,
+                                     "precision": "int8", "target": "trt" if opts.method == "trt" else "any",
+                                     "queue": queue, "method": opts.method, "algo": opts.algo,
+                                     "batch_size": batch})
+    limit = opts.samples or RECOMMENDED_IMAGES[opts.method]
+    calib_keys, n = _upload(client, job_id, "", opts.images, limit, batch)
+    eval_keys, n_eval = _upload(client, job_id, "eval", opts.eval_paths, 0, batch) if opts.eval_paths else ([], 0)
+    client.store.set_fields(job_id, eval_images=str(n_eval))
+    client.store.mark_submitted(job_id, n, len(calib_keys))
+    task = CalibTask(job_id=job_id, version_id=vid, model=opts.model, method=opts.method, algo=opts.algo,
+                     payload_keys=tuple(calib_keys), eval_payload_keys=tuple(eval_keys), batch_size=batch,
+                     samples=limit, drop_threshold_pt=opts.threshold_pt)
+    client.app.send_task(CALIBRATE_TASK, args=[task.encode()], queue=queue)
+    return job_id
+
+
+def pull_version(client: Client, name: str, version_id: str) -> Path:
+    """Install a published version into the local repository (e.g. a new ``M@int8-ptq``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = client.artifacts.materialize(version_id, Path(tmp))
+        return client.repo.install(folder, ModelManifest.load(folder), overwrite=True)
