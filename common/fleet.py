@@ -72,23 +72,20 @@ def publish(conn: redis.Redis, info: WorkerInfo, ttl_s: int) -> None:
     pipe.execute()
 
 
-def publish_slot(conn: redis.Redis, worker: str, slot: int, state: dict[str, Any], ttl_s: int) -> None:
+def add_slot_state(pipe: Any, worker: str, slot: int, state: dict[str, Any], ttl_s: int) -> None:
+    """Queue the update of one pipeline slot's record on ``pipe`` (the caller executes it)."""
     key = keys.worker_slot(worker, slot)
-    pipe = conn.pipeline(transaction=False)
     pipe.hset(key, mapping={k: json.dumps(v) for k, v in state.items()})
     pipe.expire(key, ttl_s)
-    pipe.execute()
 
 
-def record_images(conn: redis.Redis, worker: str, n: int) -> None:
-    """Count images done for the last-minute rate (one small ZSET entry per batch)."""
+def add_images(pipe: Any, worker: str, n: int) -> None:
+    """Queue a count of images done, for the last-minute rate (one small ZSET entry per batch)."""
     now = time.time()
     key = keys.worker_rate(worker)
-    pipe = conn.pipeline(transaction=False)
     pipe.zadd(key, {f"{now:.6f}:{n}": now})
     pipe.zremrangebyscore(key, "-inf", now - RATE_WINDOW_S)
     pipe.expire(key, RATE_WINDOW_S * 2)
-    pipe.execute()
 
 
 def remove(conn: redis.Redis, name: str, slots: int = 0) -> None:

@@ -9,6 +9,8 @@ Jobs
   trtbatch:job:<job>:errors              HASH  image index -> record, failed images only; result TTL
   trtbatch:job:<job>:batches             HASH  batch no -> "done" | "dead:<reason>"; result TTL
   trtbatch:job:<job>:progress            STRING  producer resume cursor (JSON); result TTL
+  trtbatch:job:<job>:timings             HASH  batch no -> JSON [start, fetched, decoded, infer start,
+                                               infer end, slot pid] (unix s); result TTL
   trtbatch:job:<job>:attempts            HASH  batch no -> deliveries, "<batch>:error" -> last error;
                                                result TTL
   trtbatch:payload:<job>:<batch>         STRING  msgpack claim-check of one batch's image bytes;
@@ -68,6 +70,10 @@ def job_progress(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:progress"
 
 
+def job_timings(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:timings"
+
+
 def job_attempts(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:attempts"
 
@@ -75,7 +81,7 @@ def job_attempts(job_id: str) -> str:
 def job_keys(job_id: str) -> list[str]:
     """Every key that belongs to a job except its payloads (those expire on their own)."""
     return [job(job_id), job_results(job_id), job_errors(job_id), job_batches(job_id),
-            job_progress(job_id), job_attempts(job_id)]
+            job_progress(job_id), job_attempts(job_id), job_timings(job_id)]
 
 
 def payload(job_id: str, batch_no: int) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,7 +135,6 @@ class JobStore:
     def __init__(self, conn: redis.Redis, result_ttl_s: int) -> None:
         self.conn = conn
         self.ttl_s = result_ttl_s
-        self._write = conn.register_script(_WRITE_BATCH_LUA)
         self._submitted = conn.register_script(_SUBMITTED_LUA)
 
     # -- producer side ---------------------------------------------------------------------
@@ -172,15 +171,20 @@ class JobStore:
         return state.decode() if isinstance(state, bytes) else str(state)
 
     # -- worker side -----------------------------------------------------------------------
-    def write_batch(self, job_id: str, batch_no: int, records: list[ResultRecord],
-                    payload_key: str, batch_state: str = "done") -> tuple[int, int]:
-        """Write one batch's records; returns (new ok, new failed). Safe to call twice."""
+    def write_batch(self, job_id: str, batch_no: int, records: list[ResultRecord], payload_key: str,
+                    batch_state: str = "done", extra: Callable[[Any], None] | None = None) -> tuple[int, int]:
+        """Write one batch's records - and whatever ``extra`` queues on the same pipeline - in one
+        round trip; returns (new ok, new failed). Safe to call twice."""
         args: list[Any] = [batch_no, self.ttl_s, time.time(), batch_state]
         for rec in records:
             args.extend((rec.index, "1" if rec.ok else "0", rec.encode()))
         job_keys = [keys.job(job_id), keys.job_results(job_id), keys.job_errors(job_id),
                     keys.job_batches(job_id), payload_key]
-        new_ok, new_failed = self._write(keys=job_keys, args=args)
+        pipe = self.conn.pipeline(transaction=False)
+        pipe.eval(_WRITE_BATCH_LUA, len(job_keys), *job_keys, *args)
+        if extra is not None:
+            extra(pipe)
+        new_ok, new_failed = pipe.execute()[0]
         if new_ok < 0:
             raise JobError(f"job {job_id} no longer exists (expired or deleted)")
         return int(new_ok), int(new_failed)

@@ -92,13 +92,16 @@ class SlotContext:
     def engine_dir(self, cache_name: str) -> Path:
         return self.cache_dir / "engines" / cache_name
 
-    def publish_state(self, **changes: Any) -> None:
+    def publish_state(self, pipe: Any = None, **changes: Any) -> None:
+        """Update this slot's fleet record; queued on ``pipe`` if given, else sent now."""
         self.state.update(changes)
         self.state["predictors"] = self.predictors.loaded()
         self.state["pid"] = os.getpid()
         self.state["updated_s"] = time.time()
-        fleet.publish_slot(self.conn, self.identity.name, self.slot, self.state,
-                           self.settings.heartbeat_ttl_s * 6)
+        target = pipe if pipe is not None else self.conn.pipeline(transaction=False)
+        fleet.add_slot_state(target, self.identity.name, self.slot, self.state, self.settings.heartbeat_ttl_s * 6)
+        if pipe is None:
+            target.execute()
 
 
 def make_slot_context(settings: Settings, identity: WorkerIdentity, slot: int) -> SlotContext:

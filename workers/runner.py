@@ -11,7 +11,9 @@ Failures are sorted by scope:
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass, replace
 
@@ -125,47 +127,88 @@ def decode_all(ctx: SlotContext, pre: Preprocessor, items: list[PayloadItem], ch
     return buf, list(ctx.pool.map(one, range(len(items))))
 
 
+@dataclass
+class Fetched:
+    deliveries: int
+    state: str | None
+    raw: bytes | None
+    written: bool
+
+
+def fetch(ctx: SlotContext, task: BatchTask) -> Fetched:
+    """Count this delivery, read the job state and the payload, mark the slot busy: one round trip."""
+    attempts = keys.job_attempts(task.job_id)
+    pipe = ctx.conn.pipeline(transaction=False)
+    pipe.hincrby(attempts, str(task.batch_no), 1)
+    pipe.expire(attempts, ctx.settings.result_ttl_s)
+    pipe.hget(keys.job(task.job_id), "state")
+    pipe.get(task.payload_key)
+    pipe.hexists(keys.job_batches(task.job_id), task.batch_no)
+    ctx.publish_state(pipe, current_batch=f"{task.job_id}:{task.batch_no}")
+    deliveries, _, state, raw, written, *_ = pipe.execute()
+    return Fetched(int(deliveries), state.decode() if state else None, raw, bool(written))
+
+
+def last_error(ctx: SlotContext, task: BatchTask) -> str:
+    raw = ctx.conn.hget(keys.job_attempts(task.job_id), f"{task.batch_no}:error")
+    return raw.decode() if raw else "no error recorded (the worker process died)"
+
+
 def run_batch(ctx: SlotContext, task: BatchTask) -> BatchOutcome:
-    state = ctx.store.job_state(task.job_id)
-    if state is None:
+    started = time.time()
+    got = fetch(ctx, task)
+    if got.state is None:
         log.warning("job %s is gone; dropping batch %d", task.job_id, task.batch_no)
         return BatchOutcome(skipped="job gone")
-    raw = ctx.conn.get(task.payload_key)
-    if raw is None:
-        if ctx.conn.hexists(keys.job_batches(task.job_id), task.batch_no):
-            return BatchOutcome(skipped="already written")
+    if got.written:
+        return BatchOutcome(skipped="already written")
+    if got.deliveries > ctx.settings.max_deliveries:
+        reason = (f"dead-lettered: delivered {got.deliveries - 1} times without finishing; "
+                  f"last error: {last_error(ctx, task)}")
+        return fail_batch(ctx, task, reason, "dead_letter", dead=True)
+    if got.raw is None:
         return fail_batch(ctx, task, "image payload expired or missing (payload_ttl_s)", "payload_missing",
                           placeholder_items(task))
-    items = list(BatchPayload.decode(raw).items)
-    if state == "cancelled":
+    items = list(BatchPayload.decode(got.raw).items)
+    if got.state == "cancelled":
         return fail_batch(ctx, task, "job cancelled", "cancelled", items)
     try:
         manifest, model_dir = load_manifest(ctx, task.version_id)
         predictor = predictor_for(ctx, task, manifest, model_dir)
     except PermanentError as exc:
         return fail_batch(ctx, task, exc, exc.code, items)
-    return infer_items(ctx, task, items, manifest, predictor)
+    return infer_items(ctx, task, items, manifest, predictor, [started, time.time()])
 
 
 def infer_items(ctx: SlotContext, task: BatchTask, items: list[PayloadItem], manifest: ModelManifest,
-                predictor) -> BatchOutcome:
+                predictor, stamps: list[float]) -> BatchOutcome:
+    """Decode, infer under the device lock, postprocess, write. ``stamps``: [started, fetched]."""
     pre = Preprocessor(manifest.preprocess, manifest.input.chw, ctx.settings.max_image_pixels,
                        ctx.settings.strict_image_modes)
-    t0 = time.perf_counter()
     buf, decoded = decode_all(ctx, pre, items, manifest.input.chw)
     good = [i for i, d in enumerate(decoded) if not isinstance(d, Exception)]
-    t1 = time.perf_counter()
+    stamps.append(time.time())
     outputs: dict[str, np.ndarray] = {}
     if good:
         batch = buf if len(good) == len(items) else buf[good]
-        ctx.publish_state(current_batch=f"{task.job_id}:{task.batch_no}")
         with ctx.lock.hold():
+            stamps.append(time.time())
             outputs = predictor.run(batch)
-    t2 = time.perf_counter()
+            stamps.append(time.time())
+    else:
+        stamps += [stamps[-1], stamps[-1]]
     records = build_records(ctx, task, items, decoded, good, outputs, manifest, predictor.spec.backend)
-    new_ok, new_failed = ctx.store.write_batch(task.job_id, task.batch_no, records, task.payload_key)
-    fleet.record_images(ctx.conn, ctx.identity.name, len(items))
-    return BatchOutcome(ok=new_ok, failed=new_failed, decode_s=t1 - t0, infer_s=t2 - t1)
+    stamps.append(os.getpid())
+
+    def extra(pipe) -> None:
+        fleet.add_images(pipe, ctx.identity.name, len(items))
+        pipe.hset(keys.job_timings(task.job_id), task.batch_no, json.dumps(stamps))
+        pipe.expire(keys.job_timings(task.job_id), ctx.settings.result_ttl_s)
+        ctx.publish_state(pipe, current_batch=None, batches=ctx.state.get("batches", 0) + 1,
+                          last_batch_s=round(time.time() - stamps[0], 4))
+
+    new_ok, new_failed = ctx.store.write_batch(task.job_id, task.batch_no, records, task.payload_key, extra=extra)
+    return BatchOutcome(ok=new_ok, failed=new_failed, decode_s=stamps[2] - stamps[1], infer_s=stamps[4] - stamps[3])
 
 
 def build_records(ctx: SlotContext, task: BatchTask, items: list[PayloadItem], decoded: list,

@@ -88,15 +88,11 @@ def _shutdown_child(**_: Any) -> None:
 def run(ctx: SlotContext, task: BatchTask):
     from workers.runner import run_batch
 
-    started = time.time()
     try:
-        outcome = run_batch(ctx, task)
+        return run_batch(ctx, task)
     except Exception as exc:
         ctx.publish_state(last_error=f"{type(exc).__name__}: {exc}"[:500], current_batch=None)
         raise
-    ctx.publish_state(current_batch=None, last_batch_s=round(time.time() - started, 4),
-                      batches=ctx.state.get("batches", 0) + 1)
-    return outcome
 
 
 def dead_letter(ctx: SlotContext, task: BatchTask, reason: str):

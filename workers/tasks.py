@@ -43,19 +43,6 @@ class BatchTaskBase(Task):
             log.exception("could not dead-letter timed-out task %s", task_id)
 
 
-def count_delivery(ctx: Any, task: BatchTask) -> int:
-    key = keys.job_attempts(task.job_id)
-    pipe = ctx.conn.pipeline(transaction=False)
-    pipe.hincrby(key, str(task.batch_no), 1)
-    pipe.expire(key, ctx.settings.result_ttl_s)
-    return int(pipe.execute()[0])
-
-
-def last_error(ctx: Any, task: BatchTask) -> str:
-    raw = ctx.conn.hget(keys.job_attempts(task.job_id), f"{task.batch_no}:error")
-    return raw.decode() if raw else "no error recorded (the worker process died)"
-
-
 def infer(task_self: Task, message: dict[str, Any]) -> dict[str, Any]:
     ctx = runtime.slot_context()
     try:
@@ -63,11 +50,6 @@ def infer(task_self: Task, message: dict[str, Any]) -> dict[str, Any]:
     except DecodeError as exc:
         log.error("dropping undecodable batch message: %s", exc)
         return {"skipped": "undecodable"}
-    deliveries = count_delivery(ctx, task)
-    if deliveries > ctx.settings.max_deliveries:
-        reason = (f"dead-lettered: delivered {deliveries - 1} times without finishing; "
-                  f"last error: {last_error(ctx, task)}")
-        return vars(runtime.dead_letter(ctx, task, reason))
     try:
         outcome = runtime.run(ctx, task)
     except JobError as exc:

@@ -38,8 +38,8 @@ def cli(ctx: click.Context, redis_url: str | None, model_repo: str | None, verbo
 
 
 def _register() -> None:
-    from producer.cli import demo as demo_cmd
     from producer.cli import calibrate, jobs, models, server, submit, worker
+    from producer.cli import demo as demo_cmd
 
     for module in (submit, jobs, models, calibrate, worker, server, demo_cmd):
         module.register(cli)
