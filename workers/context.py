@@ -42,6 +42,7 @@ class WorkerIdentity:
     lock_path: str
     warm: tuple[str, ...] = ()
     start_id: str = ""
+    overlap_decode: bool = True
 
     @property
     def device_label(self) -> str:

@@ -44,11 +44,24 @@ def build_identity(settings: Settings, args: argparse.Namespace) -> WorkerIdenti
     prefix = f"gpu{args.gpu_index}" if gpu else "cpu"
     name = args.name or f"{prefix}@{socket.gethostname()}"
     lock = settings.cache_dir / "locks" / f"{name.replace('/', '_')}.lock"
+    decode_threads = args.decode_threads or settings.decode_threads or threads
     return WorkerIdentity(name=name, device=args.device, gpu_index=args.gpu_index if gpu else None,
                           cpu_threads=threads, slots=args.slots or settings.pipeline_slots,
-                          decode_threads=args.decode_threads or settings.decode_threads or threads,
+                          decode_threads=decode_threads,
+                          overlap_decode=overlap(settings.overlap_decode, gpu, threads, decode_threads),
                           capabilities=caps, queues=tuple(queues), node=node, lock_path=str(lock),
                           warm=tuple(args.warm or ()), start_id=uuid.uuid4().hex[:12])
+
+
+def overlap(setting: str, gpu: bool, threads: int, decode_threads: int) -> bool:
+    """Decode batch k+1 while batch k runs? Always on GPU workers. On CPU workers only when the
+    predictor leaves cores free: with every core in the predictor, concurrent decoding makes its
+    OpenMP threads straggle at each barrier and costs more than it hides (measured, see README)."""
+    if setting not in ("auto", "on", "off"):
+        raise ConfigError(f"overlap_decode must be auto, on or off, got {setting!r}")
+    if setting != "auto":
+        return setting == "on"
+    return gpu or threads + decode_threads <= (os.cpu_count() or 1)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

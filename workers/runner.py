@@ -185,20 +185,16 @@ def infer_items(ctx: SlotContext, task: BatchTask, items: list[PayloadItem], man
     """Decode, infer under the device lock, postprocess, write. ``stamps``: [started, fetched]."""
     pre = Preprocessor(manifest.preprocess, manifest.input.chw, ctx.settings.max_image_pixels,
                        ctx.settings.strict_image_modes)
-    buf, decoded = decode_all(ctx, pre, items, manifest.input.chw)
-    good = [i for i, d in enumerate(decoded) if not isinstance(d, Exception)]
-    stamps.append(time.time())
-    outputs: dict[str, np.ndarray] = {}
-    if good:
-        batch = buf if len(good) == len(items) else buf[good]
+    if ctx.identity.overlap_decode:
+        decoded, good, batch = _decode(ctx, pre, items, manifest, stamps)
         with ctx.lock.hold():
-            stamps.append(time.time())
-            outputs = predictor.run(batch)
-            stamps.append(time.time())
-    else:
-        stamps += [stamps[-1], stamps[-1]]
+            outputs = _infer(predictor, batch, stamps)
+    else:  # the predictor already uses every core: decoding beside it would only make it straggle
+        with ctx.lock.hold():
+            decoded, good, batch = _decode(ctx, pre, items, manifest, stamps)
+            outputs = _infer(predictor, batch, stamps)
     records = build_records(ctx, task, items, decoded, good, outputs, manifest, predictor.spec.backend)
-    stamps.append(os.getpid())
+    stamps += [time.time(), os.getpid()]
 
     def extra(pipe) -> None:
         fleet.add_images(pipe, ctx.identity.name, len(items))
@@ -209,6 +205,22 @@ def infer_items(ctx: SlotContext, task: BatchTask, items: list[PayloadItem], man
 
     new_ok, new_failed = ctx.store.write_batch(task.job_id, task.batch_no, records, task.payload_key, extra=extra)
     return BatchOutcome(ok=new_ok, failed=new_failed, decode_s=stamps[2] - stamps[1], infer_s=stamps[4] - stamps[3])
+
+
+def _decode(ctx: SlotContext, pre: Preprocessor, items: list[PayloadItem], manifest: ModelManifest,
+            stamps: list[float]) -> tuple[list, list[int], np.ndarray | None]:
+    buf, decoded = decode_all(ctx, pre, items, manifest.input.chw)
+    good = [i for i, d in enumerate(decoded) if not isinstance(d, Exception)]
+    stamps.append(time.time())
+    batch = None if not good else (buf if len(good) == len(items) else buf[good])
+    return decoded, good, batch
+
+
+def _infer(predictor, batch: np.ndarray | None, stamps: list[float]) -> dict[str, np.ndarray]:
+    stamps.append(time.time())
+    outputs = predictor.run(batch) if batch is not None else {}
+    stamps.append(time.time())
+    return outputs
 
 
 def build_records(ctx: SlotContext, task: BatchTask, items: list[PayloadItem], decoded: list,

@@ -67,6 +67,8 @@ def _init_child(**_: Any) -> None:
         return
     import paddle  # noqa: F401  # import once, now, so the first batch does not pay for it
 
+    from workers import predictors  # noqa: F401  # sets the OpenMP environment before Paddle loads
+
     _CTX = make_slot_context(_SETTINGS, _IDENTITY, _slot_index())
     _CTX.publish_state(state="warming" if _IDENTITY.warm else "ready", started_s=time.time(),
                        start_id=_IDENTITY.start_id)

@@ -83,5 +83,7 @@ def register(app: Celery) -> None:
         return infer(self, message)
 
     from workers.calibration_task import register as register_calibration
+    from workers.naive import register as register_naive
 
     register_calibration(app)
+    register_naive(app)

@@ -38,10 +38,10 @@ def cli(ctx: click.Context, redis_url: str | None, model_repo: str | None, verbo
 
 
 def _register() -> None:
-    from producer.cli import calibrate, jobs, models, server, submit, worker
+    from producer.cli import bench, calibrate, jobs, models, server, submit, worker
     from producer.cli import demo as demo_cmd
 
-    for module in (submit, jobs, models, calibrate, worker, server, demo_cmd):
+    for module in (submit, jobs, models, calibrate, worker, server, demo_cmd, bench):
         module.register(cli)
 
 

@@ -1,0 +1,48 @@
+"""``trtbatch bench``: the throughput benchmark (producer/bench.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from producer.cli.util import Context, pass_ctx
+
+
+@click.command()
+@click.option("-m", "--model", default="resnet50", show_default=True,
+              help="Repository model (made with `models make` if missing: digits or a paddle.vision arch).")
+@click.option("-p", "--precision", type=click.Choice(["fp32", "int8", "bf16", "fp16"]), default="fp32",
+              show_default=True)
+@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("-d", "--device", default="cpu", show_default=True, help="cpu or gpu:N")
+@click.option("-t", "--threads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Predictor threads (CPU).")
+@click.option("--decode-threads", type=click.IntRange(min=0), default=0, help="Worker decode threads (0: auto).")
+@click.option("--slots", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("-n", "--images", type=click.IntRange(min=16), default=480, show_default=True)
+@click.option("--naive-images", type=click.IntRange(min=8), default=160, show_default=True)
+@click.option("--image-size", type=click.IntRange(min=16), default=256, show_default=True)
+@click.option("--bare-seconds", type=float, default=10.0, show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also append the JSON line to this file.")
+@pass_ctx
+def bench(ctx: Context, model: str, precision: str, batch_size: int, device: str, threads: int,
+          decode_threads: int, slots: int, images: int, naive_images: int, image_size: int, bare_seconds: float,
+          output: str | None) -> None:
+    """Measure bare predictor, end-to-end and naive-baseline images/s in one run; print one JSON line."""
+    from producer.bench import BenchOptions, run
+
+    opts = BenchOptions(model=model, precision=precision, batch_size=batch_size, device=device, threads=threads,
+                        decode_threads=decode_threads, slots=slots, images=images, naive_images=naive_images,
+                        image_size=image_size, bare_seconds=bare_seconds)
+    line = json.dumps(run(opts, ctx.settings), sort_keys=True)
+    click.echo(line)
+    if output:
+        with open(output, "a") as fh:
+            fh.write(line + "\n")
+    sys.stdout.flush()
+
+
+def register(group: click.Group) -> None:
+    group.add_command(bench)
