@@ -35,6 +35,7 @@ class WorkerSpec:
     gpu_index: int | None
     name: str
     args: list[str] = field(default_factory=list)
+    metrics_port: int = 0
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "workers.main", "--device", self.device, "--name", self.name]
@@ -45,6 +46,8 @@ class WorkerSpec:
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["CUDA_VISIBLE_DEVICES"] = "" if self.gpu_index is None else str(self.gpu_index)
+        if self.metrics_port:
+            env["TRTBATCH_METRICS_PORT"] = str(self.metrics_port)
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
@@ -67,8 +70,9 @@ def parse_devices(spec: str) -> list[tuple[str, int | None]]:
         raise ConfigError(f"--device {spec!r}: GPU indices must be integers") from exc
 
 
-def worker_specs(device: str, name: str | None, args: list[str]) -> list[WorkerSpec]:
-    """One spec per device. Names: ``<label>@<host>``, or ``--name`` (``<name>-<label>`` for many)."""
+def worker_specs(device: str, name: str | None, args: list[str], metrics_port: int = 0) -> list[WorkerSpec]:
+    """One spec per device. Names: ``<label>@<host>``, or ``--name`` (``<name>-<label>`` for many).
+    Metrics ports: ``metrics_port`` for a CPU worker, ``metrics_port + i`` for GPU i."""
     host = socket.gethostname()
     devices = parse_devices(device)
     specs = []
@@ -76,7 +80,8 @@ def worker_specs(device: str, name: str | None, args: list[str]) -> list[WorkerS
         label = "cpu" if kind == "cpu" else f"gpu{index}"
         many = f"{name}-{label}" if len(devices) > 1 else name
         full = many if name else f"{label}@{host}"
-        specs.append(WorkerSpec(kind, index, full, list(args)))
+        port = metrics_port + (index or 0) if metrics_port else 0
+        specs.append(WorkerSpec(kind, index, full, list(args), port))
     return specs
 
 
@@ -138,5 +143,5 @@ class Supervisor:
             self.start(spec)
 
 
-def launch(device: str, name: str | None, args: list[str]) -> int:
-    return Supervisor(worker_specs(device, name, args)).run()
+def launch(device: str, name: str | None, args: list[str], metrics_port: int = 0) -> int:
+    return Supervisor(worker_specs(device, name, args, metrics_port)).run()

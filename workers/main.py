@@ -16,10 +16,11 @@ import sys
 import uuid
 import zlib  # noqa: F401  # before paddle, in every entry point (paddlepaddle 2.6.2 zlib segfault)
 
+from common import redisconn
 from common.config import Settings
 from common.errors import ConfigError, TrtbatchError
 from common.routing import worker_queues
-from workers import probe, runtime
+from workers import health, metrics, probe, runtime
 from workers.app import make_app
 from workers.context import WorkerIdentity
 from workers.heartbeat import HeartbeatStep
@@ -81,16 +82,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     settings = Settings.from_env()
+    os.environ.setdefault("KMP_BLOCKTIME", "1")  # see workers.predictors.set_openmp_env (no Paddle here)
     level = (args.loglevel or settings.log_level).upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
     try:
         ident = build_identity(settings, args)
+        if settings.metrics_port:
+            metrics.prepare_dir(settings.state_dir, ident.name)
         runtime.configure(settings, ident)
         app = make_app(settings, accept_content=settings.celery_accept_content.split(","))
     except TrtbatchError as exc:
         log.error("%s", exc)
         return 2
     register(app)
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port, redisconn.client(settings), ident.name, ident.queues)
+    health.write_pidfile(settings, ident.name, settings.metrics_port)
     app.steps["consumer"].add(LeaseStep)
     app.steps["consumer"].add(HeartbeatStep)
     app.steps["worker"].add(WarmGate)
@@ -98,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     worker = app.Worker(hostname=ident.name, pool_cls="prefork", concurrency=ident.slots,
                         queues=list(ident.queues), loglevel=level, optimization="fair",
                         without_heartbeat=True, without_mingle=True, without_gossip=True)
-    worker.start()
+    try:
+        worker.start()
+    finally:
+        health.remove_pidfile(settings, ident.name)
     return int(worker.exitcode or 0)
 
 

@@ -15,6 +15,7 @@ import threading
 import time
 import zlib  # noqa: F401  # before paddle (paddlepaddle 2.6.2 segfaults on first zlib use otherwise)
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +26,18 @@ from workers.spec import PredictorSpec
 
 log = logging.getLogger("trtbatch.predictors")
 
-# Paddle's CPU kernels run on Intel OpenMP, whose threads spin for 200 ms after each parallel region
-# by default. Two pipeline slots share the cores, so an idle slot's spinning threads would slow the
-# busy one (measured: MobileNetV2 bs16 ran 20 % slower in the worker than alone). 1 ms keeps the
-# predictor at full speed (0 costs ~20 %) and frees the cores right after a batch. Set before Paddle
-# is imported; an operator's own value wins.
-os.environ.setdefault("KMP_BLOCKTIME", "1")
+
+
+def set_openmp_env() -> None:
+    """Paddle's CPU kernels run on Intel OpenMP, whose threads spin for 200 ms after each parallel
+    region by default. Pipeline slots and decode threads share the cores, so spinning threads of an
+    idle predictor slow the busy one. 1 ms keeps a predictor at full speed (0 costs ~20 % on
+    MobileNetV2) and frees the cores right after a batch. Must run before Paddle is imported (the
+    worker's main process calls it before forking); an operator's own value wins."""
+    os.environ.setdefault("KMP_BLOCKTIME", "1")
+
+
+set_openmp_env()
 
 _TRT_MISSING = ("please compile with tensorrt", "tensorrt dynamic library is not found",
                 "tensorrt is needed")
@@ -104,7 +111,8 @@ class PredictorCache:
         self._items: OrderedDict[str, Predictor] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, spec: PredictorSpec, model_dir: Path, opt_cache_dir: Path) -> Predictor:
+    def get(self, spec: PredictorSpec, model_dir: Path, opt_cache_dir: Path,
+            on_build: Callable[[float], None] | None = None) -> Predictor:
         key = spec.key()
         with self._lock:
             pred = self._items.get(key)
@@ -114,6 +122,8 @@ class PredictorCache:
             pred = Predictor(spec, model_dir, opt_cache_dir)
             log.info("built %s/%s predictor for %s in %.2fs", spec.backend, spec.precision,
                      spec.version_id, pred.build_s)
+            if on_build is not None:
+                on_build(pred.build_s)
             self._items[key] = pred
             while len(self._items) > self.capacity:
                 _, old = self._items.popitem(last=False)

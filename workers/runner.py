@@ -25,7 +25,7 @@ from common.imaging import Preprocessor
 from common.manifest import ModelManifest
 from common.routing import INT8_TRT_CALIB, choose_backend
 from common.schemas import BatchPayload, BatchTask, PayloadItem, ResultRecord
-from workers import postprocess
+from workers import metrics, postprocess
 from workers.context import SlotContext
 from workers.spec import PredictorSpec, build_spec
 
@@ -68,6 +68,8 @@ def fail_batch(ctx: SlotContext, task: BatchTask, reason: Exception | str, code:
     records = [failed(base_record(ctx, task, it), reason, code) for it in items]
     state = f"dead:{str(reason)[:200]}" if dead else f"failed:{code}"
     new_ok, new_failed = ctx.store.write_batch(task.job_id, task.batch_no, records, task.payload_key, state)
+    if isinstance(ctx, SlotContext):
+        record_metrics(ctx, task, records, 0.0, None, dead)
     return BatchOutcome(ok=new_ok, failed=new_failed)
 
 
@@ -99,7 +101,13 @@ def predictor_for_spec(ctx: SlotContext, version_id: str, manifest: ModelManifes
     opt_dir = ctx.engine_dir(spec.engine_cache_name())
     if spec.int8_source == INT8_TRT_CALIB:
         install_calibration(ctx, spec, opt_dir)
-    return ctx.predictors.get(spec, model_dir, opt_dir)
+    return ctx.predictors.get(spec, model_dir, opt_dir, on_build=lambda s: _built(ctx, manifest, spec, s))
+
+
+def _built(ctx: SlotContext, manifest: ModelManifest, spec: PredictorSpec, seconds: float) -> None:
+    m = metrics.get(ctx.identity.name)
+    if m is not None:
+        m.build(manifest.name, spec.backend, spec.precision, seconds)
 
 
 def install_calibration(ctx: SlotContext, spec: PredictorSpec, opt_dir) -> None:
@@ -204,7 +212,17 @@ def infer_items(ctx: SlotContext, task: BatchTask, items: list[PayloadItem], man
                           last_batch_s=round(time.time() - stamps[0], 4))
 
     new_ok, new_failed = ctx.store.write_batch(task.job_id, task.batch_no, records, task.payload_key, extra=extra)
+    record_metrics(ctx, task, records, time.time() - stamps[0], stamps[4] - stamps[3])
     return BatchOutcome(ok=new_ok, failed=new_failed, decode_s=stamps[2] - stamps[1], infer_s=stamps[4] - stamps[3])
+
+
+def record_metrics(ctx: SlotContext, task: BatchTask, records: list[ResultRecord], seconds: float,
+                   infer_s: float | None, dead: bool = False) -> None:
+    m = metrics.get(ctx.identity.name)
+    if m is None:
+        return
+    failed = [r.error_code or "error" for r in records if not r.ok]
+    m.batch(task.model, task.precision, len(records) - len(failed), len(failed), failed, seconds, infer_s, dead)
 
 
 def _decode(ctx: SlotContext, pre: Preprocessor, items: list[PayloadItem], manifest: ModelManifest,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 import zlib  # noqa: F401  # before paddle (paddlepaddle 2.6.2 segfaults on first zlib use otherwise)
 from typing import Any
@@ -67,8 +68,12 @@ def _init_child(**_: Any) -> None:
         return
     import paddle  # noqa: F401  # import once, now, so the first batch does not pay for it
 
-    from workers import predictors  # noqa: F401  # sets the OpenMP environment before Paddle loads
-
+    # Shutdown is the main process's business: it stops taking work and lets each pool process
+    # finish its batch. A SIGTERM sent to the whole process group (systemd's default KillMode,
+    # `kill -- -PGID`, a terminal) would otherwise kill a pool process mid-batch and the batch would
+    # run again elsewhere. Set after importing Paddle, which installs its own SIGTERM handler. Hard
+    # time limits still end a stuck pool process (Celery follows TERM with KILL).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _CTX = make_slot_context(_SETTINGS, _IDENTITY, _slot_index())
     _CTX.publish_state(state="warming" if _IDENTITY.warm else "ready", started_s=time.time(),
                        start_id=_IDENTITY.start_id)
@@ -76,12 +81,15 @@ def _init_child(**_: Any) -> None:
         from workers.warm import warm_all
 
         warm_all(_CTX, _IDENTITY.warm)
-    _CTX.publish_state(state="ready")
+    _CTX.publish_state(state="ready", ready_s=time.time())
     log.info("slot %d ready (pid %d)", _CTX.slot, os.getpid())
 
 
 @worker_process_shutdown.connect
-def _shutdown_child(**_: Any) -> None:
+def _shutdown_child(pid: int | None = None, **_: Any) -> None:
+    from workers import metrics
+
+    metrics.mark_dead(pid or os.getpid())
     if _CTX is not None:
         _CTX.predictors.close()
         _CTX.pool.shutdown(wait=False, cancel_futures=True)

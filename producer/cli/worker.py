@@ -23,12 +23,25 @@ from producer.cli.util import Context, echo_json, pass_ctx
 @click.option("-Q", "--queue", "queues", multiple=True, help="Also listen on this queue (advanced).")
 @click.option("-n", "--name", help="Worker name (default <device>@<host>).")
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None,
+              help="Prometheus port (GPU i: port + i); default: TRTBATCH_METRICS_PORT, 0 = off.")
+@click.option("--check", is_flag=True, help="Health check: exit 0 only if this node's worker(s) are alive, "
+              "heartbeating and reach Redis.")
 @pass_ctx
 def worker(ctx: Context, device: str, threads: int | None, decode_threads: int | None, slots: int | None,
-           warm: tuple[str, ...], queues: tuple[str, ...], name: str | None, loglevel: str) -> None:
+           warm: tuple[str, ...], queues: tuple[str, ...], name: str | None, loglevel: str,
+           metrics_port: int | None, check: bool) -> None:
     """Start workers on this node (runs until SIGTERM/Ctrl-C: finishes current batches first)."""
     from workers.launcher import launch
     from workers.warm import WarmRequest
+
+    if check:
+        from workers.health import check as health_check
+
+        healthy, lines = health_check(ctx.settings, name)
+        for line in lines:
+            click.echo(line, err=not healthy)
+        sys.exit(0 if healthy else 1)
 
     for entry in warm:
         try:
@@ -45,7 +58,8 @@ def worker(ctx: Context, device: str, threads: int | None, decode_threads: int |
         args += ["--warm", entry]
     for q in queues:
         args += ["--queues", q]
-    sys.exit(launch(device, name, args))
+    port = ctx.settings.metrics_port if metrics_port is None else metrics_port
+    sys.exit(launch(device, name, args, port))
 
 
 def _gpu_text(w) -> str:
