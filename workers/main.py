@@ -25,6 +25,7 @@ from workers.app import make_app
 from workers.context import WorkerIdentity
 from workers.heartbeat import HeartbeatStep
 from workers.lease import LeaseStep
+from workers.predictors import set_openmp_env
 from workers.tasks import register
 from workers.warm import WarmGate
 
@@ -82,7 +83,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     settings = Settings.from_env()
-    os.environ.setdefault("KMP_BLOCKTIME", "1")  # see workers.predictors.set_openmp_env (no Paddle here)
+    set_openmp_env()  # before any pool process imports Paddle
     level = (args.loglevel or settings.log_level).upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
     try:
