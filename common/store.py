@@ -69,6 +69,7 @@ return {new_ok, new_failed}
 
 # KEYS: job ; ARGV: n_images, n_batches, now
 _SUBMITTED_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 redis.call('HSET', KEYS[1], 'n_images', ARGV[1], 'n_batches', ARGV[2], 'submit_complete', '1',
            'updated_s', ARGV[3])
 if redis.call('HGET', KEYS[1], 'state') == 'submitting' then
@@ -168,6 +169,8 @@ class JobStore:
 
     def mark_submitted(self, job_id: str, n_images: int, n_batches: int) -> str:
         state = self._submitted(keys=[keys.job(job_id)], args=[n_images, n_batches, time.time()])
+        if state is None:
+            raise JobError(f"job {job_id} no longer exists (expired or deleted)")
         return state.decode() if isinstance(state, bytes) else str(state)
 
     # -- worker side -----------------------------------------------------------------------
