@@ -122,10 +122,15 @@ class PredictorSpec:
 
     def calib_key(self) -> str:
         """Identity of a TensorRT calibration table: the model version and every TensorRT setting
-        that shapes the engine, but not the GPU (a table is portable across cards)."""
+        that shapes the engine, but not the GPU (a table is portable across cards), nor how a
+        predictor uses the table (``use_calib_mode``, ``use_static``): the calibrating predictor and
+        the serving one must find the same table."""
         if self.trt is None:
             raise ValueError("calibration keys exist for TensorRT specs only")
-        data = {"version": self.version_id, "trt": asdict(self.trt)}
+        trt = asdict(self.trt)
+        for usage in ("use_calib_mode", "use_static"):
+            trt.pop(usage)
+        data = {"version": self.version_id, "trt": trt}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def engine_cache_name(self) -> str:
