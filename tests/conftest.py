@@ -4,7 +4,6 @@ digits model made once, and one real CPU worker subprocess shared by integration
 from __future__ import annotations
 
 import zlib  # noqa: F401  # before paddle (paddlepaddle 2.6.2 segfaults on first zlib use otherwise)
-
 from collections.abc import Iterator
 from pathlib import Path
 

@@ -89,7 +89,7 @@ def worker_env(base: dict[str, str], **extra: str) -> dict[str, str]:
 def start_worker(env: dict[str, str], name: str, log: Path, *args: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "workers.main", "--device", "cpu", "--name", name, "--threads", "1",
            "--loglevel", "INFO", *args]
-    return subprocess.Popen(cmd, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+    return subprocess.Popen(cmd, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
                             cwd=str(REPO_ROOT))
 
 

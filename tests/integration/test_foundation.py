@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import zlib  # noqa: F401  # before paddle
-
 import csv
 import io
 import json
+import zlib  # noqa: F401  # before paddle
 from pathlib import Path
 
 import numpy as np
