@@ -109,7 +109,7 @@ def test_manifest_errors(tmp_path: Path, name: str, text: str, message: str) -> 
 
 def test_check_inputs(tree: Path, tmp_path: Path) -> None:
     check_inputs([str(tree), str(tree / "z.png"), f"{tree}/**/*.png"])
-    with pytest.raises(InputError, match="no such file or directory: .*missing.png"):
+    with pytest.raises(InputError, match=r"no such file or directory: .*missing\.png"):
         check_inputs([str(tree), str(tmp_path / "missing.png")])
     with pytest.raises(InputError, match=r"no file matches '.*\*\.gif'"):
         check_inputs([f"{tree}/*.gif"])
