@@ -132,6 +132,21 @@ def test_mark_submitted_on_an_unknown_job(store: JobStore) -> None:
     assert not store.conn.exists(keys.job("gone"))
 
 
+def test_note_enqueued_on_an_unknown_job(store: JobStore) -> None:
+    with pytest.raises(JobError):
+        store.note_enqueued("gone", 3, {"batches": 1, "images": 3})
+    assert not store.conn.exists(keys.job("gone")) and not store.conn.exists(keys.job_progress("gone"))
+
+
+def test_note_enqueued(store: JobStore) -> None:
+    new_job(store)
+    store.note_enqueued("j", 3, {"batches": 1, "images": 3})
+    store.note_enqueued("j", 2, {"batches": 2, "images": 5})
+    assert store.meta("j")["n_enqueued"] == 5
+    assert store.progress("j") == {"batches": 2, "images": 5}
+    assert 0 < store.conn.ttl(keys.job_progress("j")) <= TTL
+
+
 def test_cancel(store: JobStore) -> None:
     new_job(store)
     store.mark_submitted("j", 4, 2)
