@@ -79,6 +79,14 @@ end
 return redis.call('HGET', KEYS[1], 'state')
 """
 
+# KEYS: job, progress ; ARGV: n_images, progress JSON, ttl_s
+_ENQUEUED_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'n_enqueued', ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
 _INT_FIELDS = ("batch_size", "top_k", "n_images", "n_batches", "done", "failed", "batches_done",
                "batches_dead", "n_enqueued")
 _FLOAT_FIELDS = ("created_s", "updated_s", "finished_s", "cancelled_s")
@@ -137,6 +145,7 @@ class JobStore:
         self.ttl_s = result_ttl_s
         self._write = conn.register_script(_WRITE_BATCH_LUA)
         self._submitted = conn.register_script(_SUBMITTED_LUA)
+        self._enqueued = conn.register_script(_ENQUEUED_LUA)
 
     # -- producer side ---------------------------------------------------------------------
     def create_job(self, job_id: str, meta: dict[str, Any]) -> bool:
@@ -158,10 +167,10 @@ class JobStore:
 
     def note_enqueued(self, job_id: str, n_images: int, progress: dict[str, Any]) -> None:
         """Record a batch as sent and the resume cursor in one round trip."""
-        pipe = self.conn.pipeline(transaction=True)
-        pipe.hincrby(keys.job(job_id), "n_enqueued", n_images)
-        pipe.set(keys.job_progress(job_id), json.dumps(progress), ex=self.ttl_s)
-        pipe.execute()
+        found = self._enqueued(keys=[keys.job(job_id), keys.job_progress(job_id)],
+                               args=[n_images, json.dumps(progress), self.ttl_s])
+        if not found:
+            raise JobError(f"job {job_id} no longer exists (expired or deleted)")
 
     def progress(self, job_id: str) -> dict[str, Any] | None:
         raw = self.conn.get(keys.job_progress(job_id))
