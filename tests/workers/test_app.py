@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -108,3 +111,22 @@ def test_messages_land_under_the_broker_prefix_in_the_store_database(redis_serve
 def test_socket_database_is_passed_to_kombu() -> None:
     a = make_app(Settings.from_env({}), "unix:///run/redis/redis.sock?db=3")
     assert a.conf.broker_url == "redis+socket:///run/redis/redis.sock?virtual_host=3"
+
+
+def test_password_reaches_the_broker_over_a_unix_socket() -> None:
+    """TRTBATCH_REDIS_PASSWORD with a unix:// URL: kombu must authenticate like redis-py does."""
+    password = "p@ss:w/rd"
+    server = RedisServer(Path(tempfile.mkdtemp(prefix="tb-", dir="/tmp"))).start()  # short socket path
+    try:
+        server.client().config_set("requirepass", password)
+        settings = Settings.from_env({"TRTBATCH_REDIS_URL": server.url, "TRTBATCH_REDIS_PASSWORD": password})
+        a = make_app(settings)
+        try:
+            with a.producer_or_acquire() as producer:
+                a.send_task(INFER_TASK, args=[{"job_id": "x"}], queue="trtbatch.unit.auth", producer=producer)
+        finally:
+            a.close()
+        assert server.client(password=password).llen(keys.broker_queue("trtbatch.unit.auth")) == 1
+    finally:
+        server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)
