@@ -45,6 +45,16 @@ def test_directories_are_walked_recursively_in_sorted_order(tree: Path) -> None:
     assert paths([tree]) == paths([tree])  # deterministic, for --resume
 
 
+def test_walk_order_does_not_depend_on_the_file_system(tmp_path: Path) -> None:
+    names = ["m", "c", "x", "a", "q", "e", "k", "b", "z", "d"]
+    for name in names:  # created in a scrambled order
+        touch(tmp_path / "w" / name / f"{name}.png")
+        touch(tmp_path / "w" / f"{name}.png")
+    expected = [str(tmp_path / "w" / f"{n}.png") for n in sorted(names)]
+    expected += [str(tmp_path / "w" / n / f"{n}.png") for n in sorted(names)]
+    assert paths([tmp_path / "w"]) == expected
+
+
 def test_directory_symlinks_are_not_followed(tree: Path, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     touch(outside / "o.png")
