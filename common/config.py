@@ -24,6 +24,9 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 ENV_PREFIX = "TRTBATCH_"
 CONFIG_ENV = "TRTBATCH_CONFIG"
+#: ``TRTBATCH_*`` variables that are not settings: the config file, and the command line's own
+#: defaults (``submit --model``, ``worker --device``, read by click).
+NON_SETTING_ENV = frozenset({CONFIG_ENV, "TRTBATCH_MODEL", "TRTBATCH_DEVICE"})
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -144,7 +147,7 @@ def _read_env(env: dict[str, str]) -> dict[str, Any]:
     known = _field_types()
     values: dict[str, Any] = {}
     for key, raw in env.items():
-        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
+        if not key.startswith(ENV_PREFIX) or key in NON_SETTING_ENV:
             continue
         name = key[len(ENV_PREFIX):].lower()
         if name not in known:

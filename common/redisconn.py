@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ssl
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -91,16 +91,17 @@ def broker_url(settings: Settings, url: str | None = None) -> str:
     """The kombu form of the same URL, credentials from settings folded in."""
     url = url or resolve_url(settings)
     parts = urlsplit(url)
-    if parts.scheme == "unix":
-        query = f"?{parts.query}" if parts.query else ""
-        return f"redis+socket://{parts.path}{query}"
     user = settings.redis_username or (unquote(parts.username) if parts.username else "")
     password = settings.redis_password or (unquote(parts.password) if parts.password else "")
+    auth = f"{quote(user, safe='')}:{quote(password, safe='')}@" if user or password else ""
+    if parts.scheme == "unix":
+        # redis-py reads the database of a socket URL from ?db=N, kombu from ?virtual_host=N
+        pairs = [("virtual_host" if k == "db" else k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+        query = f"?{urlencode(pairs)}" if pairs else ""
+        return f"redis+socket://{auth}{parts.path}{query}"
     host = parts.hostname or "localhost"
     netloc = f"{host}:{parts.port}" if parts.port else host
-    if user or password:
-        netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{netloc}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=auth + netloc))
 
 
 def broker_ssl(settings: Settings, url: str) -> dict[str, Any] | None:

@@ -94,6 +94,10 @@ class CalibTask:
     @classmethod
     def decode(cls, data: Any) -> CalibTask:
         task = _from_dict(cls, data)
+        for name in ("payload_keys", "eval_payload_keys"):
+            value = getattr(task, name)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(k, str) for k in value):
+                raise DecodeError(f"CalibTask: {name} must be a list of keys, got {value!r}")
         return dataclasses.replace(task, payload_keys=tuple(task.payload_keys),
                                    eval_payload_keys=tuple(task.eval_payload_keys))
 

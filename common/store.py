@@ -70,6 +70,7 @@ return {new_ok, new_failed}
 
 # KEYS: job ; ARGV: n_images, n_batches, now
 _SUBMITTED_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 redis.call('HSET', KEYS[1], 'n_images', ARGV[1], 'n_batches', ARGV[2], 'submit_complete', '1',
            'updated_s', ARGV[3])
 if redis.call('HGET', KEYS[1], 'state') == 'submitting' then
@@ -77,6 +78,14 @@ if redis.call('HGET', KEYS[1], 'state') == 'submitting' then
 end
 """ + _FINISH_LUA + """
 return redis.call('HGET', KEYS[1], 'state')
+"""
+
+# KEYS: job, progress ; ARGV: n_images, progress JSON, ttl_s
+_ENQUEUED_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'n_enqueued', ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+return 1
 """
 
 _INT_FIELDS = ("batch_size", "top_k", "n_images", "n_batches", "done", "failed", "batches_done",
@@ -136,6 +145,7 @@ class JobStore:
         self.conn = conn
         self.ttl_s = result_ttl_s
         self._submitted = conn.register_script(_SUBMITTED_LUA)
+        self._enqueued = conn.register_script(_ENQUEUED_LUA)
 
     # -- producer side ---------------------------------------------------------------------
     def create_job(self, job_id: str, meta: dict[str, Any]) -> bool:
@@ -157,10 +167,10 @@ class JobStore:
 
     def note_enqueued(self, job_id: str, n_images: int, progress: dict[str, Any]) -> None:
         """Record a batch as sent and the resume cursor in one round trip."""
-        pipe = self.conn.pipeline(transaction=True)
-        pipe.hincrby(keys.job(job_id), "n_enqueued", n_images)
-        pipe.set(keys.job_progress(job_id), json.dumps(progress), ex=self.ttl_s)
-        pipe.execute()
+        found = self._enqueued(keys=[keys.job(job_id), keys.job_progress(job_id)],
+                               args=[n_images, json.dumps(progress), self.ttl_s])
+        if not found:
+            raise JobError(f"job {job_id} no longer exists (expired or deleted)")
 
     def progress(self, job_id: str) -> dict[str, Any] | None:
         raw = self.conn.get(keys.job_progress(job_id))
@@ -168,6 +178,8 @@ class JobStore:
 
     def mark_submitted(self, job_id: str, n_images: int, n_batches: int) -> str:
         state = self._submitted(keys=[keys.job(job_id)], args=[n_images, n_batches, time.time()])
+        if state is None:
+            raise JobError(f"job {job_id} no longer exists (expired or deleted)")
         return state.decode() if isinstance(state, bytes) else str(state)
 
     # -- worker side -----------------------------------------------------------------------

@@ -71,7 +71,7 @@ def iter_inputs(specs: Iterable[str]) -> Iterator[InputItem]:
 def check_inputs(specs: Iterable[str]) -> None:
     """Fail fast, before a job exists, on a path that names nothing at all."""
     for spec in specs:
-        if set(spec) & GLOB_CHARS:
+        if set(spec) & GLOB_CHARS and not os.path.lexists(spec):  # a real "photo [1].png" is a file
             if not glob.glob(spec, recursive=True):
                 raise InputError(f"no file matches {spec!r}")
         elif not os.path.lexists(spec):

@@ -32,8 +32,9 @@ ACCEPT_CONTENT = ("json", "msgpack")
 def check_serializers(conf: Any) -> None:
     """Refuse any configuration that would let pickle in (remote code execution on workers)."""
     accepted = {str(c).lower() for c in conf.accept_content or ()}
-    used = {str(conf.task_serializer).lower(), str(conf.result_serializer).lower()}
-    if any("pickle" in c for c in accepted | used) or conf.event_serializer == "pickle":
+    used = {str(s).lower() for s in (conf.task_serializer, conf.result_serializer, conf.event_serializer)}
+    # accept_content takes names or content types: pickle's is application/x-python-serialize
+    if any(marker in c for c in accepted | used for marker in ("pickle", "x-python-serialize")):
         raise ConfigError("refusing to run: pickle is configured as a Celery serializer; trtbatch "
                           "accepts only json and msgpack")
 

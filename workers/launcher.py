@@ -64,10 +64,13 @@ def parse_devices(spec: str) -> list[tuple[str, int | None]]:
         if not indices:
             raise ConfigError("--device gpu:all: no GPU visible (nvidia-smi found none)")
         return [("gpu", i) for i in indices]
-    try:
-        return [("gpu", int(x)) for x in rest.split(",")]
-    except ValueError as exc:
-        raise ConfigError(f"--device {spec!r}: GPU indices must be integers") from exc
+    parts = [x.strip() for x in rest.split(",")]
+    if not all(x.isdigit() for x in parts):
+        raise ConfigError(f"--device {spec!r}: GPU indices must be non-negative integers")
+    indices = [int(x) for x in parts]
+    if len(set(indices)) != len(indices):  # two workers would share one name (and one GPU)
+        raise ConfigError(f"--device {spec!r}: a GPU index is repeated")
+    return [("gpu", i) for i in indices]
 
 
 def worker_specs(device: str, name: str | None, args: list[str], metrics_port: int = 0) -> list[WorkerSpec]:
