@@ -110,7 +110,7 @@ def queue_servable(queue: str, capabilities: Iterable[tuple[str, str]]) -> bool:
     target, precision = parse_queue(queue)
     caps = set(capabilities)
     if precision == CALIBRATION_QUEUE_SUFFIX:
-        return any(b == target for b, _ in caps)
+        return bool(caps) if target == "any" else any(b == target for b, _ in caps)
     if target == "any":
         return any(p == precision for _, p in caps)
     return (target, precision) in caps

@@ -46,11 +46,23 @@ def test_publish_and_list(store_conn: redis.Redis) -> None:
     assert 0 < store_conn.ttl(keys.worker("cpu@node1")) <= TTL
 
 
+def _slot(conn: redis.Redis, worker: str, slot: int, state: dict, ttl: int) -> None:
+    pipe = conn.pipeline()
+    fleet.add_slot_state(pipe, worker, slot, state, ttl)
+    pipe.execute()
+
+
+def _images(conn: redis.Redis, worker: str, n: int) -> None:
+    pipe = conn.pipeline()
+    fleet.add_images(pipe, worker, n)
+    pipe.execute()
+
+
 def test_slot_states(store_conn: redis.Redis) -> None:
     fleet.publish(store_conn, cpu_worker(), TTL)
-    fleet.publish_slot(store_conn, "cpu@node1", 0, {"pid": 11, "state": "busy", "current_batch": "j:3",
+    _slot(store_conn, "cpu@node1", 0, {"pid": 11, "state": "busy", "current_batch": "j:3",
                                                     "predictors": [{"backend": "cpu", "runs": 2}]}, TTL)
-    fleet.publish_slot(store_conn, "cpu@node1", 2, {"pid": 13, "state": "idle"}, TTL)
+    _slot(store_conn, "cpu@node1", 2, {"pid": 13, "state": "idle"}, TTL)
     (w,) = fleet.live_workers(store_conn, TTL)
     assert w.slots == [{"pid": 11, "state": "busy", "current_batch": "j:3",
                         "predictors": [{"backend": "cpu", "runs": 2}]},
@@ -60,8 +72,8 @@ def test_slot_states(store_conn: redis.Redis) -> None:
 
 def test_images_per_s_over_the_last_minute(store_conn: redis.Redis) -> None:
     fleet.publish(store_conn, cpu_worker(), TTL)
-    fleet.record_images(store_conn, "cpu@node1", 30)
-    fleet.record_images(store_conn, "cpu@node1", 60)
+    _images(store_conn, "cpu@node1", 30)
+    _images(store_conn, "cpu@node1", 60)
     old = time.time() - fleet.RATE_WINDOW_S - 5
     store_conn.zadd(keys.worker_rate("cpu@node1"), {f"{old:.6f}:6000": old})  # outside the window
     (w,) = fleet.live_workers(store_conn, TTL)
@@ -86,8 +98,8 @@ def test_expired_record_is_skipped(store_conn: redis.Redis) -> None:
 
 def test_remove(store_conn: redis.Redis) -> None:
     fleet.publish(store_conn, cpu_worker(), TTL)
-    fleet.publish_slot(store_conn, "cpu@node1", 0, {"state": "idle"}, TTL)
-    fleet.record_images(store_conn, "cpu@node1", 1)
+    _slot(store_conn, "cpu@node1", 0, {"state": "idle"}, TTL)
+    _images(store_conn, "cpu@node1", 1)
     fleet.remove(store_conn, "cpu@node1", slots=2)
     assert fleet.live_workers(store_conn, TTL) == []
     assert store_conn.keys("trtbatch:worker*") == []

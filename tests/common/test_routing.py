@@ -61,7 +61,7 @@ def test_queue_names_parse_back() -> None:
 def test_worker_queues_cpu() -> None:
     queues = routing.worker_queues(CPU)
     assert queues == ["trtbatch.cpu.fp32", "trtbatch.any.fp32", "trtbatch.cpu.int8", "trtbatch.any.int8",
-                      "trtbatch.cpu.calib"]
+                      "trtbatch.any.calib"]  # PTQ calibration runs on any worker; no TensorRT queue here
     assert "trtbatch.cpu.bf16" in routing.worker_queues(CPU_BF16)
 
 
@@ -70,7 +70,7 @@ def test_worker_queues_trt() -> None:
     assert len(queues) == len(set(queues))  # any.fp32 comes from gpu and trt: listed once
     assert set(queues) == {"trtbatch.gpu.fp32", "trtbatch.trt.fp32", "trtbatch.trt.fp16", "trtbatch.trt.int8",
                            "trtbatch.any.fp32", "trtbatch.any.fp16", "trtbatch.any.int8",
-                           "trtbatch.gpu.calib", "trtbatch.trt.calib"}
+                           "trtbatch.any.calib", "trtbatch.trt.calib"}
     assert routing.worker_queues(list(TRT)) == routing.worker_queues(sorted(TRT, reverse=True))  # stable order
     for q in queues:
         assert routing.queue_servable(q, TRT)
