@@ -9,8 +9,9 @@ Jobs
   trtbatch:job:<job>:errors              HASH  image index -> record, failed images only; result TTL
   trtbatch:job:<job>:batches             HASH  batch no -> "done" | "dead:<reason>"; result TTL
   trtbatch:job:<job>:progress            STRING  producer resume cursor (JSON); result TTL
-  trtbatch:job:<job>:timings             HASH  batch no -> JSON [start, fetched, decoded, infer start,
-                                               infer end, postprocessed (unix s), slot pid]; result TTL
+  trtbatch:job:<job>:timings             HASH  batch no -> JSON [start, fetched, decode start, decode end,
+                                               infer start, infer end, postprocessed (unix s), pid,
+                                               decode overlapped (0/1)]; result TTL
   trtbatch:job:<job>:attempts            HASH  batch no -> deliveries, "<batch>:error" -> last error;
                                                result TTL
   trtbatch:payload:<job>:<batch>         STRING  msgpack claim-check of one batch's image bytes;

@@ -190,7 +190,8 @@ def run_batch(ctx: SlotContext, task: BatchTask) -> BatchOutcome:
 
 def infer_items(ctx: SlotContext, task: BatchTask, items: list[PayloadItem], manifest: ModelManifest,
                 predictor, stamps: list[float]) -> BatchOutcome:
-    """Decode, infer under the device lock, postprocess, write. ``stamps``: [started, fetched]."""
+    """Decode, infer under the device lock, postprocess, write. ``stamps`` (unix s) grows to
+    [started, fetched, decode start, decode end, infer start, infer end, postprocessed] + [pid, overlap]."""
     pre = Preprocessor(manifest.preprocess, manifest.input.chw, ctx.settings.max_image_pixels,
                        ctx.settings.strict_image_modes)
     if ctx.identity.overlap_decode:
@@ -202,7 +203,7 @@ def infer_items(ctx: SlotContext, task: BatchTask, items: list[PayloadItem], man
             decoded, good, batch = _decode(ctx, pre, items, manifest, stamps)
             outputs = _infer(predictor, batch, stamps)
     records = build_records(ctx, task, items, decoded, good, outputs, manifest, predictor.spec.backend)
-    stamps += [time.time(), os.getpid()]
+    stamps += [time.time(), os.getpid(), int(ctx.identity.overlap_decode)]
 
     def extra(pipe) -> None:
         fleet.add_images(pipe, ctx.identity.name, len(items))
@@ -212,8 +213,8 @@ def infer_items(ctx: SlotContext, task: BatchTask, items: list[PayloadItem], man
                           last_batch_s=round(time.time() - stamps[0], 4))
 
     new_ok, new_failed = ctx.store.write_batch(task.job_id, task.batch_no, records, task.payload_key, extra=extra)
-    record_metrics(ctx, task, records, time.time() - stamps[0], stamps[4] - stamps[3])
-    return BatchOutcome(ok=new_ok, failed=new_failed, decode_s=stamps[2] - stamps[1], infer_s=stamps[4] - stamps[3])
+    record_metrics(ctx, task, records, time.time() - stamps[0], stamps[5] - stamps[4])
+    return BatchOutcome(ok=new_ok, failed=new_failed, decode_s=stamps[3] - stamps[2], infer_s=stamps[5] - stamps[4])
 
 
 def record_metrics(ctx: SlotContext, task: BatchTask, records: list[ResultRecord], seconds: float,
@@ -227,6 +228,7 @@ def record_metrics(ctx: SlotContext, task: BatchTask, records: list[ResultRecord
 
 def _decode(ctx: SlotContext, pre: Preprocessor, items: list[PayloadItem], manifest: ModelManifest,
             stamps: list[float]) -> tuple[list, list[int], np.ndarray | None]:
+    stamps.append(time.time())
     buf, decoded = decode_all(ctx, pre, items, manifest.input.chw)
     good = [i for i, d in enumerate(decoded) if not isinstance(d, Exception)]
     stamps.append(time.time())

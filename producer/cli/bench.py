@@ -21,6 +21,8 @@ from producer.cli.util import Context, pass_ctx
               help="Predictor threads (CPU).")
 @click.option("--decode-threads", type=click.IntRange(min=0), default=0, help="Worker decode threads (0: auto).")
 @click.option("--slots", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--overlap-decode", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Decode the next batch while one runs (worker setting overlap_decode).")
 @click.option("-n", "--images", type=click.IntRange(min=16), default=480, show_default=True)
 @click.option("--naive-images", type=click.IntRange(min=8), default=160, show_default=True)
 @click.option("--image-size", type=click.IntRange(min=16), default=256, show_default=True)
@@ -28,14 +30,14 @@ from producer.cli.util import Context, pass_ctx
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also append the JSON line to this file.")
 @pass_ctx
 def bench(ctx: Context, model: str, precision: str, batch_size: int, device: str, threads: int,
-          decode_threads: int, slots: int, images: int, naive_images: int, image_size: int, bare_seconds: float,
-          output: str | None) -> None:
+          decode_threads: int, slots: int, overlap_decode: str, images: int, naive_images: int, image_size: int,
+          bare_seconds: float, output: str | None) -> None:
     """Measure bare predictor, end-to-end and naive-baseline images/s in one run; print one JSON line."""
     from producer.bench import BenchOptions, run
 
     opts = BenchOptions(model=model, precision=precision, batch_size=batch_size, device=device, threads=threads,
-                        decode_threads=decode_threads, slots=slots, images=images, naive_images=naive_images,
-                        image_size=image_size, bare_seconds=bare_seconds)
+                        decode_threads=decode_threads, slots=slots, overlap_decode=overlap_decode, images=images,
+                        naive_images=naive_images, image_size=image_size, bare_seconds=bare_seconds)
     line = json.dumps(run(opts, ctx.settings), sort_keys=True)
     click.echo(line)
     if output:
