@@ -11,7 +11,7 @@ Jobs
   trtbatch:job:<job>:progress            STRING  producer resume cursor (JSON); result TTL
   trtbatch:job:<job>:timings             HASH  batch no -> JSON [start, fetched, decode start, decode end,
                                                infer start, infer end, postprocessed (unix s), pid,
-                                               decode overlapped (0/1)]; result TTL
+                                               pipeline mode (WorkerIdentity.pipeline_mode)]; result TTL
   trtbatch:job:<job>:attempts            HASH  batch no -> deliveries, "<batch>:error" -> last error;
                                                result TTL
   trtbatch:payload:<job>:<batch>         STRING  msgpack claim-check of one batch's image bytes;

@@ -264,9 +264,10 @@ def batch_stats(client: Client, job_id: str, e2e_ms_per_batch: float) -> dict[st
     * device idle: time between consecutive predictor runs on the device;
     * delivery gap (per slot): postprocessing done -> next batch started: result write, Celery ack,
       next message;
-    * queue overhead per batch: end-to-end time per batch minus what the device must do anyway -
-      predictor run, plus decoding when it happens under the device lock (overlap off) - i.e. what
-      Redis, Celery and the producer add to the critical path.
+    * queue overhead per batch: on a shared device (GPU), end-to-end time per batch minus what the
+      device must do anyway - predictor run, plus decoding when it happens under the device lock -
+      i.e. what Redis, Celery and the producer add to the critical path; on a CPU worker whose slots
+      own their cores, a slot's payload fetch plus its delivery gap.
     """
     rows = sorted((json.loads(v) for v in client.conn.hvals(keys.job_timings(job_id))), key=lambda r: r[4])
     mean = statistics.fmean
@@ -281,9 +282,13 @@ def batch_stats(client: Client, job_id: str, e2e_ms_per_batch: float) -> dict[st
         by_pid.setdefault(int(r[7]), []).append(r)
     gaps = [1000 * (b[0] - a[6]) for runs in by_pid.values() for a, b in itertools.pairwise(sorted(runs))]
     out["delivery_gap_ms"] = statistics.median(gaps) if gaps else 0.0
-    in_lock = not rows[0][8]  # decoding under the device lock is on the critical path
-    critical = out["infer_ms"] + (out["decode_ms"] if in_lock else 0.0)
-    out["queue_overhead_ms_per_batch"] = max(0.0, e2e_ms_per_batch - critical)
+    mode = rows[0][8]
+    if mode == 2:  # CPU slots each own their cores: the queue's share of a slot's cycle
+        out["queue_overhead_ms_per_batch"] = out["fetch_ms"] + out["delivery_gap_ms"]
+    else:  # one shared device: what the queue adds to its critical path
+        critical = out["infer_ms"] + (out["decode_ms"] if mode == 0 else 0.0)
+        out["queue_overhead_ms_per_batch"] = max(0.0, e2e_ms_per_batch - critical)
+    out["pipeline_mode"] = mode
     return out
 
 

@@ -43,6 +43,16 @@ class WorkerIdentity:
     warm: tuple[str, ...] = ()
     start_id: str = ""
     overlap_decode: bool = True
+    predictor_threads: int = 1
+    shared_device: bool = True
+
+    @property
+    def pipeline_mode(self) -> int:
+        """0: slots share the device, decode under its lock; 1: shared, decode overlapped with the
+        other slot's batch; 2: CPU cores partitioned, each slot decodes and infers on its own."""
+        if not self.shared_device:
+            return 2
+        return 1 if self.overlap_decode else 0
 
     @property
     def device_label(self) -> str:

@@ -46,11 +46,16 @@ def build_identity(settings: Settings, args: argparse.Namespace) -> WorkerIdenti
     prefix = f"gpu{args.gpu_index}" if gpu else "cpu"
     name = args.name or f"{prefix}@{socket.gethostname()}"
     lock = settings.cache_dir / "locks" / f"{name.replace('/', '_')}.lock"
-    decode_threads = args.decode_threads or settings.decode_threads or threads
+    slots = args.slots or settings.pipeline_slots
+    # GPU: the slots share one device under a lock, decoding on many threads while the other slot
+    # infers. CPU: the cores are split between the slots, one predictor per slot (measured faster than
+    # one predictor on all cores, and decoding then never preempts a predictor's OpenMP threads).
+    predictor_threads = threads if gpu else max(1, threads // slots)
+    decode_threads = args.decode_threads or settings.decode_threads or (threads if gpu else predictor_threads)
     return WorkerIdentity(name=name, device=args.device, gpu_index=args.gpu_index if gpu else None,
-                          cpu_threads=threads, slots=args.slots or settings.pipeline_slots,
-                          decode_threads=decode_threads,
+                          cpu_threads=threads, slots=slots, decode_threads=decode_threads,
                           overlap_decode=overlap(settings.overlap_decode, gpu, threads, decode_threads),
+                          predictor_threads=predictor_threads, shared_device=gpu or slots == 1,
                           capabilities=caps, queues=tuple(queues), node=node, lock_path=str(lock),
                           warm=tuple(args.warm or ()), start_id=uuid.uuid4().hex[:12])
 

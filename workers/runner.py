@@ -96,7 +96,7 @@ def predictor_for(ctx: SlotContext, task: BatchTask, manifest: ModelManifest, mo
 def predictor_for_spec(ctx: SlotContext, version_id: str, manifest: ModelManifest, model_dir, backend: str,
                        precision: str, batch_size: int, int8_source: str | None):
     spec = build_spec(manifest, version_id, ctx.identity.node, ctx.identity.device, backend, precision,
-                      batch_size, int8_source, cpu_threads=ctx.identity.cpu_threads,
+                      batch_size, int8_source, cpu_threads=ctx.identity.predictor_threads,
                       gpu_memory_pool_mb=ctx.settings.gpu_memory_pool_mb)
     opt_dir = ctx.engine_dir(spec.engine_cache_name())
     if spec.int8_source == INT8_TRT_CALIB:
@@ -191,10 +191,14 @@ def run_batch(ctx: SlotContext, task: BatchTask) -> BatchOutcome:
 def infer_items(ctx: SlotContext, task: BatchTask, items: list[PayloadItem], manifest: ModelManifest,
                 predictor, stamps: list[float]) -> BatchOutcome:
     """Decode, infer under the device lock, postprocess, write. ``stamps`` (unix s) grows to
-    [started, fetched, decode start, decode end, infer start, infer end, postprocessed] + [pid, overlap]."""
+    [started, fetched, decode start, decode end, infer start, infer end, postprocessed] + [pid, mode]."""
     pre = Preprocessor(manifest.preprocess, manifest.input.chw, ctx.settings.max_image_pixels,
                        ctx.settings.strict_image_modes)
-    if ctx.identity.overlap_decode:
+    mode = ctx.identity.pipeline_mode
+    if mode == 2:  # CPU: this slot owns its cores
+        decoded, good, batch = _decode(ctx, pre, items, manifest, stamps)
+        outputs = _infer(predictor, batch, stamps)
+    elif mode == 1:
         decoded, good, batch = _decode(ctx, pre, items, manifest, stamps)
         with ctx.lock.hold():
             outputs = _infer(predictor, batch, stamps)
@@ -203,7 +207,7 @@ def infer_items(ctx: SlotContext, task: BatchTask, items: list[PayloadItem], man
             decoded, good, batch = _decode(ctx, pre, items, manifest, stamps)
             outputs = _infer(predictor, batch, stamps)
     records = build_records(ctx, task, items, decoded, good, outputs, manifest, predictor.spec.backend)
-    stamps += [time.time(), os.getpid(), int(ctx.identity.overlap_decode)]
+    stamps += [time.time(), os.getpid(), mode]
 
     def extra(pipe) -> None:
         fleet.add_images(pipe, ctx.identity.name, len(items))
