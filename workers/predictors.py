@@ -103,6 +103,30 @@ def _first_line(text: str) -> str:
     return (picked[0] if picked else text)[:500]
 
 
+_CUDA_FIRST_USE = ("error 209", "no kernel image")
+
+
+def build_checked(spec: PredictorSpec, model_dir: Path, opt_cache_dir: Path) -> Predictor:
+    """Build, and on a GPU run one tiny batch at once. Paddle 2.6.2's CUDA 11.8 build on Hopper
+    cards was seen to fail the first predictor of a process with CUDA error 209 ("no kernel image")
+    and run later ones: such a failure gets one rebuild instead of failing the batch."""
+    for attempt in (1, 2):
+        pred = Predictor(spec, model_dir, opt_cache_dir)
+        if spec.device != "gpu":
+            return pred
+        try:
+            shape = [1 if d < 0 else d for d in pred._input.shape()]
+            pred.run(np.zeros(shape, np.float32))
+            return pred
+        except Exception as exc:
+            pred.close()
+            if attempt == 2 or not any(m in str(exc).lower() for m in _CUDA_FIRST_USE):
+                raise ModelError(f"the {spec.backend}/{spec.precision} predictor failed its first run: "
+                                 f"{_first_line(str(exc))}") from exc
+            log.warning("first GPU predictor of this process failed (%s); rebuilding once", _first_line(str(exc)))
+    raise AssertionError("unreachable")
+
+
 class PredictorCache:
     """Per-process LRU of predictors keyed by ``spec.key()``; building is serialised."""
 
@@ -119,7 +143,7 @@ class PredictorCache:
             if pred is not None:
                 self._items.move_to_end(key)
                 return pred
-            pred = Predictor(spec, model_dir, opt_cache_dir)
+            pred = build_checked(spec, model_dir, opt_cache_dir)
             log.info("built %s/%s predictor for %s in %.2fs", spec.backend, spec.precision,
                      spec.version_id, pred.build_s)
             if on_build is not None:
