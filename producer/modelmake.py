@@ -90,6 +90,7 @@ def train_digits(data: DigitsData, manifest: ModelManifest, epochs: int = 12, se
     """Train; returns (model, held-out accuracy). ~10-20 s on 2 cores."""
     import paddle
 
+    paddle.set_device("cpu")  # a tiny CNN: the CPU is enough, and keeps CUDA out of this process
     paddle.seed(seed)
     rng = np.random.default_rng(seed)
     x_train = preprocess_all(manifest, data.train_png)
@@ -173,6 +174,7 @@ def make_vision(repo: ModelRepository, arch: str, name: str | None = None, force
     name = name or arch
     if repo.exists(name) and not force:
         raise ModelError(f"model {name!r} already exists (use --force to rebuild)")
+    paddle.set_device("cpu")  # exporting needs no GPU, and keeps CUDA out of this process
     paddle.seed(seed)
     model = getattr(paddle.vision.models, arch)(pretrained=False)
     manifest = vision_manifest(arch, name)
