@@ -72,6 +72,7 @@ class Settings:
     heartbeat_ttl_s: int = 10
     pipeline_slots: int = 2
     overlap_decode: str = "auto"
+    pool_start_method: str = "auto"
     decode_threads: int = 0
     cpu_threads: int = 0
     gpu_memory_pool_mb: int = 1024

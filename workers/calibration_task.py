@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from celery import Celery, Task
+from celery import Task, shared_task
 
 from common import keys
 from common.errors import CalibrationError, PermanentError
@@ -160,7 +160,6 @@ def calibrate(task_self: Task, message: dict[str, Any]) -> dict[str, Any]:
     return {"result_version": result["result_version"]}
 
 
-def register(app: Celery) -> None:
-    @app.task(name=CALIBRATE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-    def calibrate_task(self: Task, message: dict[str, Any]) -> dict[str, Any]:
-        return calibrate(self, message)
+@shared_task(name=CALIBRATE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def calibrate_task(self: Task, message: dict[str, Any]) -> dict[str, Any]:
+    return calibrate(self, message)

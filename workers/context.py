@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,26 @@ class WorkerIdentity:
     @property
     def device_label(self) -> str:
         return "cpu" if self.device == "cpu" else f"gpu:{self.gpu_index}"
+
+
+IDENTITY_ENV = "_TRTBATCH_WORKER_IDENTITY"  # not TRTBATCH_*: that prefix is reserved for settings
+
+
+def identity_to_json(ident: WorkerIdentity) -> str:
+    data = asdict(ident)
+    data["capabilities"] = sorted(list(c) for c in ident.capabilities)
+    return json.dumps(data)
+
+
+def identity_from_json(text: str) -> WorkerIdentity:
+    """Rebuild the identity in a pool process started with the ``spawn`` method (a fresh interpreter
+    inherits the environment, not the parent's module state)."""
+    data = json.loads(text)
+    node = data.pop("node")
+    node["trt_compile_version"] = tuple(node["trt_compile_version"])
+    data["capabilities"] = frozenset(tuple(c) for c in data["capabilities"])
+    data["queues"], data["warm"] = tuple(data["queues"]), tuple(data["warm"])
+    return WorkerIdentity(node=NodeInfo(**node), **data)
 
 
 class DeviceLock:

@@ -22,7 +22,7 @@ from common.errors import ConfigError, TrtbatchError
 from common.routing import worker_queues
 from workers import health, metrics, probe, runtime
 from workers.app import make_app
-from workers.context import WorkerIdentity
+from workers.context import IDENTITY_ENV, WorkerIdentity, identity_to_json
 from workers.heartbeat import HeartbeatStep
 from workers.lease import LeaseStep
 from workers.predictors import set_openmp_env
@@ -71,6 +71,17 @@ def overlap(setting: str, gpu: bool, threads: int, decode_threads: int) -> bool:
     return gpu or threads + decode_threads <= (os.cpu_count() or 1)
 
 
+def start_method(setting: str, device: str) -> str:
+    """How pool processes start. GPU workers spawn fresh interpreters: Paddle's CUDA build on
+    Hopper failed every predictor in forked pool processes (cuDNN fused conv errors) and ran in
+    spawned ones, and CUDA state must never cross a fork. CPU workers fork (faster start)."""
+    if setting not in ("auto", "fork", "spawn"):
+        raise ConfigError(f"pool_start_method must be auto, fork or spawn, got {setting!r}")
+    if setting != "auto":
+        return setting
+    return "spawn" if device == "gpu" else "fork"
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m workers.main")
     p.add_argument("--device", choices=("cpu", "gpu"), required=True)
@@ -96,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         if settings.metrics_port:
             metrics.prepare_dir(settings.state_dir, ident.name)
         runtime.configure(settings, ident)
-        app = make_app(settings, accept_content=settings.celery_accept_content.split(","))
+        os.environ[IDENTITY_ENV] = identity_to_json(ident)
+        app = make_app(settings, accept_content=settings.celery_accept_content.split(","),
+                       worker_pool_start_method=start_method(settings.pool_start_method, ident.device))
     except TrtbatchError as exc:
         log.error("%s", exc)
         return 2

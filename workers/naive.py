@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery, Task
+from celery import Task, shared_task
 
 from common.imaging import Preprocessor
 from common.schemas import ResultRecord
@@ -37,7 +37,6 @@ def naive_infer(message: dict[str, Any]) -> None:
     ctx.store.write_batch(message["job_id"], message["index"], [rec], f"{message['job_id']}:none")
 
 
-def register(app: Celery) -> None:
-    @app.task(name=NAIVE_TASK, bind=True, acks_late=True, ignore_result=True, serializer="msgpack")
-    def naive_task(self: Task, message: dict[str, Any]) -> None:
-        naive_infer(message)
+@shared_task(name=NAIVE_TASK, bind=True, acks_late=True, ignore_result=True, serializer="msgpack")
+def naive_task(self: Task, message: dict[str, Any]) -> None:
+    naive_infer(message)

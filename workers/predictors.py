@@ -98,32 +98,50 @@ def _create(spec: PredictorSpec, model_dir: Path, opt_cache_dir: Path):
 
 
 def _first_line(text: str) -> str:
+    """The informative part of a Paddle error: its error lines (Paddle puts the cause after a
+    generic '[operator < x > error]' line), without the C++ stack."""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    picked = [ln for ln in lines if "Error" in ln or "error" in ln] or lines
-    return (picked[0] if picked else text)[:500]
+    picked = [ln for ln in lines if "rror" in ln and not ln.startswith(("File ", "C++ Traceback"))] or lines
+    return " | ".join(picked[:4])[:800] if picked else text[:800]
 
 
-_CUDA_FIRST_USE = ("error 209", "no kernel image")
+def init_cuda() -> None:
+    """Query the device once in a fresh GPU worker process before any predictor exists. Paddle
+    2.6.2's CUDA 11.8 build on Hopper cards can fail the first predictor of a process (CUDA error
+    209, "no kernel image", or an operator error with no detail) and run the next; measured on H200:
+    after these queries the first predictor ran, after a dygraph op instead it failed."""
+    import paddle
+
+    try:
+        paddle.device.cuda.device_count()
+        paddle.device.cuda.get_device_name(0)
+        paddle.device.cuda.get_device_capability(0)
+    except Exception as exc:
+        log.warning("first CUDA use of this process failed (%s); continuing", _first_line(str(exc)))
 
 
 def build_checked(spec: PredictorSpec, model_dir: Path, opt_cache_dir: Path) -> Predictor:
-    """Build, and on a GPU run one tiny batch at once. Paddle 2.6.2's CUDA 11.8 build on Hopper
-    cards was seen to fail the first predictor of a process with CUDA error 209 ("no kernel image")
-    and run later ones: such a failure gets one rebuild instead of failing the batch."""
-    for attempt in (1, 2):
-        pred = Predictor(spec, model_dir, opt_cache_dir)
-        if spec.device != "gpu":
-            return pred
+    """Build, and on a GPU run one tiny batch at once; a GPU predictor whose build or first run
+    fails is rebuilt (twice at most, see ``init_cuda``) before the batch fails."""
+    if spec.device != "gpu":
+        return Predictor(spec, model_dir, opt_cache_dir)
+    for attempt in (1, 2, 3):
+        pred = None
         try:
+            pred = Predictor(spec, model_dir, opt_cache_dir)
             shape = [1 if d < 0 else d for d in pred._input.shape()]
             pred.run(np.zeros(shape, np.float32))
             return pred
         except Exception as exc:
-            pred.close()
-            if attempt == 2 or not any(m in str(exc).lower() for m in _CUDA_FIRST_USE):
+            if pred is not None:
+                pred.close()
+            log.error("building the %s/%s predictor failed (attempt %d, thread %s): %s", spec.backend,
+                      spec.precision, attempt, threading.current_thread().name, str(exc)[-1500:])
+            if attempt == 3:
+                if isinstance(exc, (ModelError, PrecisionUnsupportedError)):
+                    raise
                 raise ModelError(f"the {spec.backend}/{spec.precision} predictor failed its first run: "
                                  f"{_first_line(str(exc))}") from exc
-            log.warning("first GPU predictor of this process failed (%s); rebuilding once", _first_line(str(exc)))
     raise AssertionError("unreachable")
 
 

@@ -18,7 +18,7 @@ from celery.signals import worker_process_init, worker_process_shutdown
 
 from common.config import Settings
 from common.schemas import BatchTask
-from workers.context import SlotContext, WorkerIdentity, make_slot_context
+from workers.context import IDENTITY_ENV, SlotContext, WorkerIdentity, identity_from_json, make_slot_context
 
 log = logging.getLogger("trtbatch.runtime")
 
@@ -64,6 +64,8 @@ def _slot_index() -> int:
 def _init_child(**_: Any) -> None:
     """Build this child's context after the fork: Paddle is first imported here."""
     global _CTX
+    if _IDENTITY is None and os.environ.get(IDENTITY_ENV):  # a spawned pool process
+        configure(Settings.from_env(), identity_from_json(os.environ[IDENTITY_ENV]))
     if _SETTINGS is None or _IDENTITY is None:
         return
     import paddle  # noqa: F401  # import once, now, so the first batch does not pay for it
@@ -74,6 +76,10 @@ def _init_child(**_: Any) -> None:
     # run again elsewhere. Set after importing Paddle, which installs its own SIGTERM handler. Hard
     # time limits still end a stuck pool process (Celery follows TERM with KILL).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if _IDENTITY.device == "gpu":
+        from workers.predictors import init_cuda
+
+        init_cuda()
     _CTX = make_slot_context(_SETTINGS, _IDENTITY, _slot_index())
     _CTX.publish_state(state="warming" if _IDENTITY.warm else "ready", started_s=time.time(),
                        start_id=_IDENTITY.start_id)

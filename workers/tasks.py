@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Task, shared_task
 from celery.exceptions import Retry, TimeLimitExceeded
 
 from common import keys
@@ -74,16 +74,15 @@ def infer(task_self: Task, message: dict[str, Any]) -> dict[str, Any]:
     return vars(outcome)
 
 
+@shared_task(name=INFER_TASK, bind=True, base=BatchTaskBase, acks_late=True, reject_on_worker_lost=True,
+             ignore_result=True)
+def infer_batch(self: Task, message: dict[str, Any]) -> dict[str, Any]:
+    return infer(self, message)
+
+
 def register(app: Celery) -> None:
-    """Bind the tasks to ``app`` (the app is built at run time from settings)."""
+    """Make sure every task module is imported. Tasks are ``shared_task``s, so any app - also the
+    one a spawned pool process unpickles - gets them when it is finalized."""
+    from workers import calibration_task, naive  # noqa: F401
 
-    @app.task(name=INFER_TASK, bind=True, base=BatchTaskBase, acks_late=True,
-              reject_on_worker_lost=True, ignore_result=True)
-    def infer_batch(self: Task, message: dict[str, Any]) -> dict[str, Any]:
-        return infer(self, message)
-
-    from workers.calibration_task import register as register_calibration
-    from workers.naive import register as register_naive
-
-    register_calibration(app)
-    register_naive(app)
+    app.finalize()
