@@ -136,6 +136,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--compare-images", type=int, default=64)
     ap.add_argument("--decode-threads", type=int, default=0)
+    ap.add_argument("--slots", type=int, default=4)
     ap.add_argument("--workdir", default="/tmp/gpu-fleet")
     ap.add_argument("--output", default="")
     args = ap.parse_args()
@@ -147,16 +148,18 @@ def main() -> None:
     if not client.repo.exists(args.model):
         modelmake.make_vision(client.repo, args.model)
     gpus = [int(r[0]) for r in nvidia_smi("--query-gpu=index")]
-    decode = args.decode_threads or max(2, (os.cpu_count() or 2) // max(1, len(gpus)))
+    decode = args.decode_threads or max(2, (os.cpu_count() or 2) // max(1, len(gpus) * args.slots))
     log(f"{len(gpus)} GPUs: {nvidia_smi('--query-gpu=index,name,driver_version,memory.total')}")
     paths = make_images(work / "images", args.distinct, 256)
     big = manifest(paths, args.images, work / "big.csv")
     small = manifest(paths, args.compare_images, work / "small.csv")
     report: dict = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "model": args.model,
                     "batch_size": args.batch_size, "images": args.images, "decode_threads": decode,
+                    "slots": args.slots,
                     "gpus": nvidia_smi("--query-gpu=index,name,driver_version,memory.total"),
                     "cpu_count": os.cpu_count()}
-    gpu_args = ["--decode-threads", str(decode), "--warm", f"{args.model}:fp32:{args.batch_size}"]
+    gpu_args = ["--decode-threads", str(decode), "--slots", str(args.slots),
+                "--warm", f"{args.model}:fp32:{args.batch_size}"]
     names = {f"fleet-gpu{i}" for i in gpus}
 
     # 1 + 2: all GPUs plus a CPU reference worker

@@ -73,6 +73,7 @@ class Settings:
     pipeline_slots: int = 2
     overlap_decode: str = "auto"
     pool_start_method: str = "auto"
+    gpu_selftest: str = "enforce"
     decode_threads: int = 0
     cpu_threads: int = 0
     gpu_memory_pool_mb: int = 1024

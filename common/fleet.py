@@ -39,6 +39,7 @@ class WorkerInfo:
     started_s: float = 0.0
     last_seen_s: float = 0.0
     metrics_port: int = 0
+    gpu_selftest: str = ""
     slots: list[dict[str, Any]] = field(default_factory=list)
     images_per_s: float = 0.0
 

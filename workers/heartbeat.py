@@ -32,7 +32,7 @@ def worker_info(ident: WorkerIdentity, started_s: float, metrics_port: int) -> f
         gpu_index=ident.gpu_index, gpu_name=node.gpu_name, cpu_threads=ident.cpu_threads,
         capabilities=sorted(f"{b}/{p}" for b, p in ident.capabilities), queues=list(ident.queues),
         paddle_version=node.paddle_version, trt_version=node.trt_version, started_s=started_s,
-        metrics_port=metrics_port)
+        metrics_port=metrics_port, gpu_selftest=node.gpu_selftest)
 
 
 class Heartbeat:

@@ -34,9 +34,18 @@ log = logging.getLogger("trtbatch.worker")
 
 def build_identity(settings: Settings, args: argparse.Namespace) -> WorkerIdentity:
     gpu = args.device == "gpu"
-    node = probe.detect_in_subprocess(gpu=gpu)
+    if settings.gpu_selftest not in ("enforce", "warn", "off"):
+        raise ConfigError(f"gpu_selftest must be enforce, warn or off, got {settings.gpu_selftest!r}")
+    node = probe.detect_in_subprocess(gpu=gpu, selftest=gpu and settings.gpu_selftest != "off")
     if gpu and not node.capabilities("gpu"):
         raise ConfigError(f"--device gpu:{args.gpu_index}: {node.why_not('gpu', 'fp32')}")
+    if gpu and node.gpu_selftest_ok is False:
+        message = (f"GPU {args.gpu_index} ({node.gpu_name}, compute capability {node.gpu_compute_capability}) gives "
+                   f"wrong results with Paddle {node.paddle_version}: {node.gpu_selftest}. This Paddle build has no "
+                   f"kernels for this GPU; install a build that supports it (see docs/operations.md)")
+        if settings.gpu_selftest == "enforce":
+            raise ConfigError(message + "; refusing to start (TRTBATCH_GPU_SELFTEST=warn overrides)")
+        log.warning("%s; starting anyway because gpu_selftest=warn", message)
     caps = frozenset(node.capabilities(args.device))
     queues = worker_queues(caps)
     for extra in args.queues or []:

@@ -129,7 +129,7 @@ def build_checked(spec: PredictorSpec, model_dir: Path, opt_cache_dir: Path) -> 
         pred = None
         try:
             pred = Predictor(spec, model_dir, opt_cache_dir)
-            shape = [1 if d < 0 else d for d in pred._input.shape()]
+            shape = [1 if d < 0 else d for d in spec.input_shape]
             pred.run(np.zeros(shape, np.float32))
             return pred
         except Exception as exc:

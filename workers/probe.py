@@ -39,8 +39,9 @@ def nvinfer_loadable() -> bool:
     return False
 
 
-def detect(gpu: bool) -> NodeInfo:
-    """Probe Paddle in this process. ``gpu`` asks for GPU details (initialises CUDA)."""
+def detect(gpu: bool, selftest: bool = False) -> NodeInfo:
+    """Probe Paddle in this process. ``gpu`` asks for GPU details (initialises CUDA); ``selftest``
+    also checks the GPU's numbers against the CPU (workers/selftest.py)."""
     import paddle
 
     cuda = bool(paddle.is_compiled_with_cuda())
@@ -52,15 +53,20 @@ def detect(gpu: bool) -> NodeInfo:
         name = paddle.device.cuda.get_device_name(0)
         major, minor = paddle.device.cuda.get_device_capability(0)
         cc = f"{major}.{minor}"
+    ok, detail = None, ""
+    if selftest and count > 0:
+        from workers.selftest import gpu_selftest
+
+        ok, detail = gpu_selftest()
     return NodeInfo(cuda=cuda, trt_compile_version=trt_version, gpu_count=count,  # type: ignore[arg-type]
                     trt_runtime=cuda and trt_version != (0, 0, 0) and nvinfer_loadable(),
                     gpu_name=name, gpu_compute_capability=cc, paddle_version=paddle.__version__,
-                    cpu_bf16=cpu_bf16(), cpu_count=os.cpu_count() or 1)
+                    cpu_bf16=cpu_bf16(), cpu_count=os.cpu_count() or 1, gpu_selftest_ok=ok, gpu_selftest=detail)
 
 
-def detect_in_subprocess(env: dict[str, str] | None = None, gpu: bool = False, timeout_s: float = 120
-                         ) -> NodeInfo:
-    args = [sys.executable, "-m", "workers.probe"] + (["--gpu"] if gpu else [])
+def detect_in_subprocess(env: dict[str, str] | None = None, gpu: bool = False, selftest: bool = False,
+                         timeout_s: float = 300) -> NodeInfo:
+    args = [sys.executable, "-m", "workers.probe"] + (["--gpu"] if gpu else []) + (["--selftest"] if selftest else [])
     out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"probing Paddle failed (exit {out.returncode}): {out.stderr.strip()[-2000:]}")
@@ -95,4 +101,4 @@ def gpu_memory(index: int) -> tuple[str, int, int] | None:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asdict(detect(gpu="--gpu" in sys.argv))))
+    print(json.dumps(asdict(detect(gpu="--gpu" in sys.argv, selftest="--selftest" in sys.argv))))

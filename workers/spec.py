@@ -42,6 +42,8 @@ class NodeInfo:
     cpu_bf16: bool = False
     cpu_count: int = 1
     gpu_count: int = 0
+    gpu_selftest_ok: bool | None = None
+    gpu_selftest: str = ""
 
     @property
     def has_trt(self) -> bool:
@@ -111,6 +113,7 @@ class PredictorSpec:
     int8_source: str | None = None
     trt: TrtSettings | None = None
     ir_optim: bool = True
+    input_shape: tuple[int, ...] = ()
     node: dict[str, str] = field(default_factory=dict)
 
     def canonical(self) -> str:
@@ -184,7 +187,8 @@ def build_spec(manifest: ModelManifest, version_id: str, node: NodeInfo, device:
                       "trt": node.trt_version}
     spec = PredictorSpec(version_id=version_id, backend=backend, precision=precision, device=device,
                          gpu_id=gpu_id, cpu_threads=max(1, cpu_threads), int8_source=source,
-                         gpu_memory_pool_mb=gpu_memory_pool_mb, node=node_tags)
+                         gpu_memory_pool_mb=gpu_memory_pool_mb, node=node_tags,
+                         input_shape=tuple(manifest.input.shape))
     if backend == "trt":
         spec = replace(spec, trt=_trt_settings(manifest, precision, batch_size, source))
     return spec
