@@ -148,10 +148,12 @@ class BenchEnv:
                 time.sleep(0.1)
         raise RuntimeError("bench redis-server did not start")
 
-    def start_worker(self, opts: BenchOptions, warm: str) -> subprocess.Popen:
+    def start_worker(self, opts: BenchOptions, warm: str | list[str]) -> subprocess.Popen:
         kind = "gpu" if opts.device.startswith("gpu") else "cpu"
         cmd = [sys.executable, "-m", "workers.main", "--device", kind, "--name", "bench@local", "--threads",
-               str(opts.threads), "--slots", str(opts.slots), "--warm", warm, "--loglevel", "WARNING"]
+               str(opts.threads), "--slots", str(opts.slots), "--loglevel", "WARNING"]
+        for entry in [warm] if isinstance(warm, str) else warm:
+            cmd += ["--warm", entry]
         env = dict(self.env)
         env["TRTBATCH_OVERLAP_DECODE"] = opts.overlap_decode
         if kind == "gpu":

@@ -10,6 +10,9 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends redis-server docker-compose openssl python3-venv >/dev/null
+# Debian starts the packaged redis-server as a service where it can; the tests start their own
+# private servers, so stop that one if it runs (nothing else here uses it).
+$SUDO service redis-server stop >/dev/null 2>&1 || true
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'

@@ -46,5 +46,51 @@ def bench(ctx: Context, model: str, precision: str, batch_size: int, device: str
     sys.stdout.flush()
 
 
+@click.command("bench-precision")
+@click.option("-m", "--model", "models", multiple=True, default=("resnet50", "mobilenet_v2"), show_default=True)
+@click.option("-p", "--precision", "precisions", multiple=True, default=None,
+              help="Default: fp32, int8, and bf16 when this CPU has AVX512-BF16/AMX.")
+@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("-t", "--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("-n", "--images", type=click.IntRange(min=16), default=480, show_default=True)
+@click.option("--bare-seconds", type=float, default=10.0, show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also append the JSON line to this file.")
+@pass_ctx
+def bench_precision(ctx: Context, models: tuple[str, ...], precisions: tuple[str, ...], batch_size: int, threads: int,
+                    images: int, bare_seconds: float, output: str | None) -> None:
+    """FP32 vs INT8 vs bf16 on CPU (bare and end to end) plus digits accuracy; one JSON line."""
+    from producer.bench import BenchOptions
+    from producer.bench_precision import run
+    from workers.probe import cpu_bf16
+
+    chosen = list(precisions) or (["fp32", "int8", "bf16"] if cpu_bf16() else ["fp32", "int8"])
+    opts = BenchOptions(batch_size=batch_size, threads=threads, images=images, bare_seconds=bare_seconds)
+    line = json.dumps(run(list(models), chosen, opts, ctx.settings), sort_keys=True)
+    click.echo(line)
+    if output:
+        with open(output, "a") as fh:
+            fh.write(line + "\n")
+
+
+@click.command("bench-load")
+@click.option("-n", "--images", "sizes", multiple=True, type=click.IntRange(min=64), default=(10000, 100000),
+              show_default=True, help="Job sizes (repeatable).")
+@click.option("-t", "--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also append the JSON line to this file.")
+@pass_ctx
+def bench_load(ctx: Context, sizes: tuple[int, ...], threads: int, output: str | None) -> None:
+    """Small-image jobs of several sizes: wall time and peak memory of producer, worker, Redis."""
+    from producer.bench import BenchOptions
+    from producer.bench_load import run
+
+    line = json.dumps(run(sorted(sizes), BenchOptions(threads=threads), ctx.settings), sort_keys=True)
+    click.echo(line)
+    if output:
+        with open(output, "a") as fh:
+            fh.write(line + "\n")
+
+
 def register(group: click.Group) -> None:
     group.add_command(bench)
+    group.add_command(bench_precision)
+    group.add_command(bench_load)
