@@ -81,9 +81,9 @@ def overlap(setting: str, gpu: bool, threads: int, decode_threads: int) -> bool:
 
 
 def start_method(setting: str, device: str) -> str:
-    """How pool processes start. GPU workers spawn fresh interpreters: Paddle's CUDA build on
-    Hopper failed every predictor in forked pool processes (cuDNN fused conv errors) and ran in
-    spawned ones, and CUDA state must never cross a fork. CPU workers fork (faster start)."""
+    """How pool processes start. GPU workers spawn fresh interpreters, so no CUDA or Paddle state can
+    cross a fork (on H200 the first GPU build in a forked pool process hit CUDA error 209). CPU
+    workers fork (faster start)."""
     if setting not in ("auto", "fork", "spawn"):
         raise ConfigError(f"pool_start_method must be auto, fork or spawn, got {setting!r}")
     if setting != "auto":
