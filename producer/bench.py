@@ -97,28 +97,36 @@ def image_folder(root: Path, n: int, size: int) -> Path:
 
 
 # -- processes ---------------------------------------------------------------------------------
-class RSSSampler(threading.Thread):
-    """Peak resident memory of a process tree (a worker and its pool), sampled every 200 ms."""
+class PeakSampler(threading.Thread):
+    """The peak of ``measure()`` (bytes), sampled every 200 ms until ``stop()``."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, measure: Any) -> None:
         super().__init__(daemon=True)
-        self.pid, self.peak_bytes, self._stop_evt = pid, 0, threading.Event()
+        self.measure, self.peak_bytes, self._stop_evt = measure, 0, threading.Event()
 
     def run(self) -> None:
-        import psutil
-
         while not self._stop_evt.wait(0.2):
             try:
-                root = psutil.Process(self.pid)
-                procs = [root, *root.children(recursive=True)]
-                self.peak_bytes = max(self.peak_bytes, sum(p.memory_info().rss for p in procs))
-            except psutil.Error:
+                self.peak_bytes = max(self.peak_bytes, int(self.measure()))
+            except Exception:  # a process that just exited, a Redis hiccup: skip the sample
                 continue
 
     def stop(self) -> int:
         self._stop_evt.set()
         self.join(2)
         return self.peak_bytes
+
+
+def tree_rss(pid: int) -> int:
+    """Resident memory of a process and its children (a worker and its pool), bytes."""
+    import psutil
+
+    root = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in (root, *root.children(recursive=True)))
+
+
+def RSSSampler(pid: int) -> PeakSampler:  # reads like the class it stands for
+    return PeakSampler(lambda: tree_rss(pid))
 
 
 class BenchEnv:

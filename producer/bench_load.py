@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -42,32 +41,12 @@ def small_images(root: Path, n: int) -> Path:
     return folder
 
 
-class RedisMemory(threading.Thread):
-    """Peak ``used_memory`` of the Redis server, sampled every 200 ms."""
-
-    def __init__(self, conn: Any) -> None:
-        super().__init__(daemon=True)
-        self.conn, self.peak, self._stop_evt = conn, 0, threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_evt.wait(0.2):
-            try:
-                self.peak = max(self.peak, int(self.conn.info("memory")["used_memory"]))
-            except Exception:
-                continue
-
-    def stop(self) -> int:
-        self._stop_evt.set()
-        self.join(2)
-        return self.peak
-
-
 def one_load(env: bench.BenchEnv, opts: bench.BenchOptions, n: int, root: Path) -> dict[str, Any]:
     folder = small_images(root, n)
     baseline = int(env.client.conn.info("memory")["used_memory"])
     worker = env.start_worker(opts, "digits:fp32:64")
     worker_rss = bench.RSSSampler(worker.pid)
-    redis_mem = RedisMemory(env.client.conn)
+    redis_mem = bench.PeakSampler(lambda: env.client.conn.info("memory")["used_memory"])
     worker_rss.start()
     redis_mem.start()
     try:
