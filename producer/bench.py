@@ -125,7 +125,7 @@ def tree_rss(pid: int) -> int:
     return sum(p.memory_info().rss for p in (root, *root.children(recursive=True)))
 
 
-def RSSSampler(pid: int) -> PeakSampler:  # reads like the class it stands for
+def rss_sampler(pid: int) -> PeakSampler:  # reads like the class it stands for
     return PeakSampler(lambda: tree_rss(pid))
 
 
@@ -222,7 +222,7 @@ def run_producer(env: BenchEnv, args: list[str]) -> tuple[str, float, int]:
     cmd = [sys.executable, "-c", "from producer.cli import main; main()", *args]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT)
-    sampler = RSSSampler(proc.pid)
+    sampler = rss_sampler(proc.pid)
     sampler.start()
     out, err = proc.communicate()
     wall = time.perf_counter() - started
@@ -362,7 +362,7 @@ def run(opts: BenchOptions, base: Settings | None = None) -> dict[str, Any]:
         arrays = preprocessed(env.client, resolved.version_id, folder, max(4 * opts.batch_size, 64))
         result_a = bare(opts, env.client, resolved.version_id, resolved.int8_source, arrays)
         worker = env.start_worker(opts, f"{opts.model}:{opts.precision}:{opts.batch_size}")
-        sampler = RSSSampler(worker.pid)
+        sampler = rss_sampler(worker.pid)
         sampler.start()
         result_b = e2e(env, opts, folder)
         worker_rss = sampler.stop()
