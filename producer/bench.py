@@ -125,7 +125,7 @@ def tree_rss(pid: int) -> int:
     return sum(p.memory_info().rss for p in (root, *root.children(recursive=True)))
 
 
-def rss_sampler(pid: int) -> PeakSampler:  # reads like the class it stands for
+def rss_sampler(pid: int) -> PeakSampler:
     return PeakSampler(lambda: tree_rss(pid))
 
 
