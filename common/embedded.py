@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -76,22 +77,25 @@ class EmbeddedRedis:
         if self.responding():
             return self.url
         self._make_private_dir()
-        with open(self.dir / "start.lock", "w") as lock:
+        with os.fdopen(os.open(self.dir / "start.lock", os.O_WRONLY | os.O_CREAT, 0o600), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not self.responding():
                 self._start(timeout_s)
         return self.url
 
     def _make_private_dir(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(self.dir)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            raise BrokerError(f"{self.dir} must be a directory owned by you (uid {os.getuid()}), not a link "
+                              "or another user's folder: the embedded Redis keeps its socket there")
         os.chmod(self.dir, 0o700)
-        (self.dir / "data").mkdir(exist_ok=True)
+        (self.dir / "data").mkdir(mode=0o700, exist_ok=True)
 
     def _start(self, timeout_s: float) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
-        conf = self.dir / CONF
-        conf.write_text("\n".join([
+        text = "\n".join([
             "port 0",
             f"unixsocket {self.socket}",
             "unixsocketperm 700",
@@ -103,10 +107,15 @@ class EmbeddedRedis:
             "appendfsync everysec",
             "save ''",
             "",
-        ]))
-        os.chmod(conf, 0o600)
+        ])
+        conf = self.dir / CONF
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            os.fchmod(fd, 0o600)  # an older file keeps its mode through O_CREAT
+            fh.write(text)
+        # umask 077: the log, pidfile and append-only files are private too
         subprocess.run([server_binary(), str(conf)], check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, timeout=timeout_s)
+                       stderr=subprocess.PIPE, timeout=timeout_s, umask=0o077)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.responding():

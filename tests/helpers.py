@@ -35,7 +35,9 @@ def redis_binary() -> str:
 class RedisServer:
     """A private redis-server on a unix socket (optionally also a TCP port, TLS, a password)."""
 
-    def __init__(self, workdir: Path, extra: list[str] | None = None, port: int = 0) -> None:
+    def __init__(self, workdir: Path, extra: list[str] | None = None, port: int = 0, binary: str | None = None
+                 ) -> None:
+        self.binary = binary
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.socket = self.dir / "redis.sock"
@@ -48,7 +50,7 @@ class RedisServer:
         return f"unix://{self.socket}"
 
     def start(self, timeout_s: float = 20) -> RedisServer:
-        args = [redis_binary(), "--port", str(self.port), "--unixsocket", str(self.socket),
+        args = [self.binary or redis_binary(), "--port", str(self.port), "--unixsocket", str(self.socket),
                 "--unixsocketperm", "700", "--dir", str(self.dir), "--save", "", "--appendonly", "no",
                 *self.extra]
         self.proc = subprocess.Popen(args, stdout=open(self.dir / "redis.log", "ab"),  # noqa: SIM115

@@ -45,6 +45,10 @@ def test_compose_file_is_valid_and_complete():
     assert services["worker-gpu"]["command"][:3] == ["worker", "--device", "gpu:all"]
     assert services["worker-cpu"]["stop_signal"] == "SIGTERM"
     assert "flower" in " ".join(services["flower"]["entrypoint"])
+    # Flower has no login: published on this host only (compose v1 renders "ip:host:container", v2 a mapping)
+    hosts = [p.split(":")[0] if isinstance(p, str) else p.get("host_ip") for p in services["flower"]["ports"]]
+    assert hosts == ["127.0.0.1"]
+    assert "ports" not in services["redis"]  # Redis is reached on the compose network only
     assert "pickle" not in text
 
 

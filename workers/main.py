@@ -112,13 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     level = (args.loglevel or settings.log_level).upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
     try:
+        # configuration first (pickle, credentials, TLS): refuse before probing the hardware
+        url = redisconn.resolve_url(settings)
+        app = make_app(settings, url, accept_content=settings.celery_accept_content.split(","),
+                       worker_pool_start_method=start_method(settings.pool_start_method, args.device))
+        redisconn.check_access(settings, url)
         ident = build_identity(settings, args)
         if settings.metrics_port:
             metrics.prepare_dir(settings.state_dir, ident.name)
         runtime.configure(settings, ident)
         os.environ[IDENTITY_ENV] = identity_to_json(ident)
-        app = make_app(settings, accept_content=settings.celery_accept_content.split(","),
-                       worker_pool_start_method=start_method(settings.pool_start_method, ident.device))
     except TrtbatchError as exc:
         log.error("%s", exc)
         return 2

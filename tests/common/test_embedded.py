@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from common.embedded import EmbeddedRedis
+from common.errors import BrokerError
 
 
 @pytest.fixture()
@@ -84,3 +85,46 @@ def test_data_survives_a_restart(server: EmbeddedRedis) -> None:
     assert conn.get("trtbatch:test:persist") == b"still here"
     assert conn.hgetall("trtbatch:test:hash") == {b"a": b"1"}
     conn.close()
+
+
+def test_loose_permissions_are_tightened_and_every_file_is_private(server: EmbeddedRedis) -> None:
+    """A state folder left world-writable, and a config file left world-readable (by an older version or
+    a user's umask), are made private again on start; the server's own files (log, pidfile, append-only
+    files) are created private too."""
+    server.dir.mkdir(parents=True)
+    os.chmod(server.dir, 0o777)
+    old_conf = server.dir / "redis.conf"
+    old_conf.write_text("# stale\n")
+    os.chmod(old_conf, 0o644)
+    server.ensure_running()
+    conn = redis.Redis(unix_socket_path=str(server.socket))
+    conn.set("trtbatch:test:private", b"x")  # makes the server write its append-only file
+    conn.close()
+    assert mode(server.dir) == 0o700
+    assert mode(old_conf) == 0o600 and "unixsocketperm 700" in old_conf.read_text()
+    files = [p for p in server.dir.rglob("*") if not p.is_socket()]
+    assert {p.name for p in files} >= {"redis.conf", "redis.log", "redis.pid", "data"}
+    loose = {str(p): oct(mode(p)) for p in files if mode(p) & 0o077}
+    assert not loose, loose
+
+
+def test_refuses_a_state_folder_that_is_a_link(tmp_path: Path) -> None:
+    """``<state>/redis`` pointing elsewhere (another user's folder, a shared one) is refused, not chmod'ed."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o755)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "redis").symlink_to(elsewhere)
+    with pytest.raises(BrokerError, match="must be a directory owned by you"):
+        EmbeddedRedis(state).ensure_running()
+    assert mode(elsewhere) == 0o755 and not list(elsewhere.iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand a folder to another user")
+def test_refuses_a_state_folder_of_another_user(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    (state / "redis").mkdir(parents=True, mode=0o755)
+    os.chown(state / "redis", 65534, 65534)
+    with pytest.raises(BrokerError, match="must be a directory owned by you"):
+        EmbeddedRedis(state).ensure_running()
+    assert mode(state / "redis") == 0o755 and not list((state / "redis").iterdir())
