@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.config import Settings
 from producer import jobs, submit
-from producer.bench import synthetic_jpeg
+from producer.bench_support import synthetic_jpeg
 from producer.client import Client
 
 CLI = [sys.executable, "-m", "producer"]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import Settings
-from producer import bench
+from producer import bench, bench_support
 
 
 def small_images(root: Path, n: int) -> Path:
@@ -45,8 +45,8 @@ def one_load(env: bench.BenchEnv, opts: bench.BenchOptions, n: int, root: Path) 
     folder = small_images(root, n)
     baseline = int(env.client.conn.info("memory")["used_memory"])
     worker = env.start_worker(opts, "digits:fp32:64")
-    worker_rss = bench.rss_sampler(worker.pid)
-    redis_mem = bench.PeakSampler(lambda: env.client.conn.info("memory")["used_memory"])
+    worker_rss = bench_support.rss_sampler(worker.pid)
+    redis_mem = bench_support.PeakSampler(lambda: env.client.conn.info("memory")["used_memory"])
     worker_rss.start()
     redis_mem.start()
     try:

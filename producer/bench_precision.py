@@ -21,7 +21,7 @@ from typing import Any
 
 from common import catalog
 from common.config import Settings
-from producer import bench, jobs, submit
+from producer import bench, bench_support, jobs, submit
 from producer.calibrate import CalibrateOptions, calibrate, pull_version
 
 
@@ -113,7 +113,8 @@ def run(models: list[str], precisions: list[str], opts: bench.BenchOptions, base
     workdir = Path(tempfile.mkdtemp(prefix="trtbatch-prec-", dir="/tmp"))
     env = bench.BenchEnv(base, workdir)
     try:
-        folder = bench.image_folder(base.cache_dir / "bench", max(opts.images, opts.calib_images), opts.image_size)
+        folder = bench_support.image_folder(base.cache_dir / "bench", max(opts.images, opts.calib_images),
+                                            opts.image_size)
         result: dict[str, Any] = {"bench": "precision", "batch_size": opts.batch_size, "threads": opts.threads,
                                   "images": opts.images, "paddle": paddle.__version__,
                                   "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "models": {}}

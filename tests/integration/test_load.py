@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from producer.bench import PeakSampler, rss_sampler
 from producer.bench_load import small_images
+from producer.bench_support import PeakSampler, rss_sampler
 from tests.helpers import REPO_ROOT, RedisServer, running_worker, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
