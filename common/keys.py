@@ -33,6 +33,11 @@ Fleet
   trtbatch:worker:<name>:slot:<n>        HASH  per-process state of one pipeline slot; heartbeat TTL
   trtbatch:worker:<name>:rate            ZSET  "<t>:<n>" -> t, images done per second; 120 s TTL
 
+Orphan sweep (workers/orphans.py)
+  trtbatch:orphans                       HASH  "<job>:<batch>" -> when first seen sent, unwritten and with no
+                                               message (unix s); no TTL, fields removed by the next sweep
+  trtbatch:orphans:lock                  STRING  taken by the worker sweeping now; expires within one interval
+
 Broker (kombu, with ``global_keyprefix``)
   trtbatch:celery:<queue>                LIST  Celery messages of one capability queue
   trtbatch:celery:unacked                HASH  delivery tag -> message (kombu ack emulation)
@@ -49,6 +54,8 @@ BROKER_UNACKED = f"{BROKER_PREFIX}unacked"
 
 JOBS = f"{PREFIX}:jobs"
 WORKERS = f"{PREFIX}:workers"
+ORPHANS = f"{PREFIX}:orphans"
+ORPHANS_LOCK = f"{PREFIX}:orphans:lock"
 
 
 def job(job_id: str) -> str:

@@ -130,8 +130,8 @@ class BatchPayload:
             return cls(tuple(PayloadItem(int(r[0]), str(r[1]), r[2], r[3], r[4]) for r in rows))
         except DecodeError:
             raise
-        except Exception as exc:  # msgpack raises many types on garbage
-            raise DecodeError(f"BatchPayload: {exc}") from exc
+        except Exception as exc:  # msgpack raises many types on garbage, some with no message
+            raise DecodeError(f"BatchPayload: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
 
 
 @dataclass(frozen=True)

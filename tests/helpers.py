@@ -153,3 +153,117 @@ def write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
+
+
+# -- fault injection ------------------------------------------------------------------------
+def free_port() -> int:
+    """A TCP port that was free a moment ago (for a private redis-server)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.2):
+    """Poll ``predicate`` until it returns something truthy (returned) or fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def spawn_worker(env: dict[str, str], name: str, log: Path, *args: str) -> subprocess.Popen:
+    """``python -m workers.main`` for one CPU worker in its own session (process group), so a test
+    can kill the main process and its pool together with ``kill_group``."""
+    cmd = [sys.executable, "-m", "workers.main", "--device", "cpu", "--name", name, "--threads", "1",
+           "--loglevel", "INFO", *args]
+    return subprocess.Popen(cmd, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                            cwd=str(REPO_ROOT), start_new_session=True)
+
+
+def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL, timeout_s: float = 60) -> int | None:
+    """Signal a process started with ``start_new_session=True`` and everything in its group."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        return proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait()
+
+
+def serving(conn: redis.Redis, name: str, pid: int, ttl_s: int = 10) -> fleet.WorkerInfo | None:
+    """The fleet record of worker ``name`` if it is the process ``pid`` and consuming (a restarted
+    worker keeps its name, so the record of its dead predecessor must not count)."""
+    for w in fleet.live_workers(conn, ttl_s):
+        if w.name == name and w.pid == pid and w.state == "ready":
+            return w
+    return None
+
+
+def deliveries(conn: redis.Redis, job_id: str) -> dict[int, int]:
+    """Batch number -> how many times a worker started it (the job's ``attempts`` hash)."""
+    from common import keys
+
+    return {int(k): int(v) for k, v in conn.hgetall(keys.job_attempts(job_id)).items() if b":" not in k}
+
+
+def written_batches(conn: redis.Redis, job_id: str) -> dict[int, str]:
+    """Batch number -> "done" | "failed:<code>" | "dead:<reason>" for every batch written."""
+    from common import keys
+
+    return {int(k): v.decode() for k, v in conn.hgetall(keys.job_batches(job_id)).items()}
+
+
+def unacked_batches(conn: redis.Redis) -> dict[str, tuple[str, int]]:
+    """Kombu's delivered-but-unacknowledged messages: delivery tag -> (job id, batch no)."""
+    import base64
+    import json
+
+    from common import keys
+
+    out = {}
+    for tag, raw in conn.hgetall(keys.BROKER_UNACKED).items():
+        message = json.loads(raw)[0]
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        if args and isinstance(args[0], dict) and "batch_no" in args[0]:
+            out[tag.decode()] = (args[0]["job_id"], int(args[0]["batch_no"]))
+    return out
+
+
+def slot_states(conn: redis.Redis, name: str, slots: int = 16) -> dict[int, dict]:
+    """Pipeline slot records of a worker: slot index -> state (pid, current_batch, ...)."""
+    import json
+
+    from common import keys
+
+    pipe = conn.pipeline(transaction=False)
+    for i in range(slots):
+        pipe.hgetall(keys.worker_slot(name, i))
+    return {i: {k.decode(): json.loads(v) for k, v in raw.items()}
+            for i, raw in enumerate(pipe.execute()) if raw}
+
+
+def repeated_manifest(path: Path, labels_csv: Path, copies: int) -> int:
+    """A CSV manifest listing every image of ``labels_csv`` ``copies`` times (absolute paths);
+    returns the number of rows."""
+    import csv
+
+    base = labels_csv.parent
+    with open(labels_csv, newline="") as fh:
+        rows = [(str(base / r["path"]), r["label"]) for r in csv.DictReader(fh)]
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label"])
+        for _ in range(copies):
+            writer.writerows(rows)
+    return len(rows) * copies

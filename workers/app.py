@@ -27,6 +27,10 @@ from common.redisconn import broker_ssl, broker_url, resolve_url
 INFER_TASK = "trtbatch.infer_batch"
 CALIBRATE_TASK = "trtbatch.calibrate"
 ACCEPT_CONTENT = ("json", "msgpack")
+#: Publishing (a producer's batches, a worker's retries) rides out a Redis restart as the redis-py
+#: clients do (common/redisconn.py): connection retries for ~40 s, then the error. Celery's default
+#: gives up after ~0.6 s, so a producer sending while Redis restarted crashed mid-submit.
+PUBLISH_RETRY_POLICY = {"max_retries": 40, "interval_start": 0, "interval_step": 0.5, "interval_max": 1.0}
 
 
 def check_serializers(conf: Any) -> None:
@@ -53,8 +57,52 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+#: Longest the worker's event loop waits in one read of the remote-control pub/sub connection.
+PUBSUB_READ_TIMEOUT_S = 1.0
+
+
+def harden_kombu_redis() -> None:
+    """Work around two kombu 5.7 / redis-py 8 bugs that took workers down when Redis restarted
+    mid-job (both seen in tests/integration/test_faults.py::test_redis_restart_mid_job):
+
+    * After a lost connection, Celery's consumer closes it and kombu detaches the channel from its
+      transport, yet still reaches Redis through that channel - to put its delivered messages back,
+      and to ack a task that finishes after the loss. Building a client for a detached channel raised
+      AttributeError (``None.client`` / ``None.hostname``), which Celery treats as unrecoverable: the
+      worker exited. It now raises redis ``ConnectionError``, what kombu and Celery expect from a dead
+      connection: the restore is skipped and the ack logged as failed; the messages, still in Redis'
+      unacked hash, are handed out again by the visibility sweep (a repeated batch changes nothing).
+    * kombu reads the remote-control pub/sub connection (Flower, ``celery inspect``) from the event
+      loop when its socket looks readable, with redis-py's *blocking* read: no timeout. A worker was
+      found stuck for good in that read after a Redis restart (the connection had been re-established
+      under kombu, so nothing was coming). The read now waits at most ``PUBSUB_READ_TIMEOUT_S``."""
+    import redis
+    from kombu.transport import redis as kombu_redis
+
+    original = kombu_redis.Channel._connparams
+    if getattr(original, "trtbatch", False):
+        return
+
+    def _connparams(self: Any, asynchronous: bool = False) -> Any:
+        if getattr(self.connection, "client", None) is None:
+            raise redis.exceptions.ConnectionError("this broker channel's connection is closed")
+        return original(self, asynchronous)
+
+    original_parse = kombu_redis.PrefixedRedisPubSub.parse_response
+
+    def parse_response(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not args and not kwargs:  # kombu's event-loop read (redis-py's own callers pass arguments)
+            kwargs = {"block": False, "timeout": PUBSUB_READ_TIMEOUT_S}
+        return original_parse(self, *args, **kwargs)
+
+    _connparams.trtbatch = True  # type: ignore[attr-defined]
+    kombu_redis.Channel._connparams = _connparams
+    kombu_redis.PrefixedRedisPubSub.parse_response = parse_response
+
+
 def make_app(settings: Settings, url: str | None = None, **overrides: Any) -> Celery:
     url = url or resolve_url(settings)
+    harden_kombu_redis()
     app = Celery("trtbatch", set_as_current=False)
     app.conf.update(
         broker_url=broker_url(settings, url),
@@ -63,6 +111,8 @@ def make_app(settings: Settings, url: str | None = None, **overrides: Any) -> Ce
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         broker_channel_error_retry=True,
+        task_publish_retry=True,
+        task_publish_retry_policy=dict(PUBLISH_RETRY_POLICY),
         task_serializer="json",
         result_serializer="json",
         event_serializer="json",

@@ -25,6 +25,7 @@ from workers.app import make_app
 from workers.context import IDENTITY_ENV, WorkerIdentity, identity_to_json
 from workers.heartbeat import HeartbeatStep
 from workers.lease import LeaseStep
+from workers.orphans import OrphanStep
 from workers.predictors import set_openmp_env
 from workers.tasks import register
 from workers.warm import WarmGate
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics.serve(settings.metrics_port, redisconn.client(settings), ident.name, ident.queues)
     health.write_pidfile(settings, ident.name, settings.metrics_port)
     app.steps["consumer"].add(LeaseStep)
+    app.steps["consumer"].add(OrphanStep)
     app.steps["consumer"].add(HeartbeatStep)
     app.steps["worker"].add(WarmGate)
     log.info("worker %s on %s serving %s", ident.name, ident.device_label, ", ".join(ident.queues))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from common import fleet, keys
-from common.errors import ImageError, PermanentError
+from common.errors import DecodeError, ImageError, PermanentError
 from common.imaging import Preprocessor
 from common.manifest import ModelManifest
 from common.routing import INT8_TRT_CALIB, choose_backend
@@ -59,18 +59,34 @@ def placeholder_items(task: BatchTask) -> list[PayloadItem]:
     return [PayloadItem(index=task.start_index + i, path="") for i in range(task.n_images)]
 
 
+def payload_items(ctx: SlotContext, task: BatchTask) -> list[PayloadItem]:
+    """The batch's items for failed records; placeholders when the payload is gone or is itself what
+    cannot be decoded (a poison payload must still be dead-lettered)."""
+    raw = ctx.conn.get(task.payload_key)
+    try:
+        return list(BatchPayload.decode(raw).items) if raw else placeholder_items(task)
+    except DecodeError:
+        return placeholder_items(task)
+
+
 def fail_batch(ctx: SlotContext, task: BatchTask, reason: Exception | str, code: str,
                items: list[PayloadItem] | None = None, dead: bool = False) -> BatchOutcome:
     """Give every image of the batch one failed record (idempotent)."""
     if items is None:
-        raw = ctx.conn.get(task.payload_key)
-        items = list(BatchPayload.decode(raw).items) if raw else placeholder_items(task)
+        items = payload_items(ctx, task)
     records = [failed(base_record(ctx, task, it), reason, code) for it in items]
     state = f"dead:{str(reason)[:200]}" if dead else f"failed:{code}"
-    new_ok, new_failed = ctx.store.write_batch(task.job_id, task.batch_no, records, task.payload_key, state)
-    if isinstance(ctx, SlotContext):
+    slot = isinstance(ctx, SlotContext)  # else the worker's main process, for a child it lost
+    new_ok, new_failed = ctx.store.write_batch(task.job_id, task.batch_no, records, task.payload_key, state,
+                                               extra=_idle(ctx) if slot else None)
+    if slot:
         record_metrics(ctx, task, records, 0.0, None, dead)
     return BatchOutcome(ok=new_ok, failed=new_failed)
+
+
+def _idle(ctx: SlotContext):
+    """Queues "this slot runs no batch now" on a pipeline (the fleet view must not show a finished batch)."""
+    return lambda pipe: ctx.publish_state(pipe, current_batch=None)
 
 
 def load_manifest(ctx: SlotContext, version_id: str) -> tuple[ModelManifest, object]:
@@ -165,11 +181,15 @@ def last_error(ctx: SlotContext, task: BatchTask) -> str:
 def run_batch(ctx: SlotContext, task: BatchTask) -> BatchOutcome:
     started = time.time()
     got = fetch(ctx, task)
-    if got.state is None:
-        log.warning("job %s is gone; dropping batch %d", task.job_id, task.batch_no)
-        return BatchOutcome(skipped="job gone")
-    if got.written:
-        return BatchOutcome(skipped="already written")
+    if got.state is None or got.written:
+        pipe = ctx.conn.pipeline(transaction=False)
+        if got.written:  # a duplicate (e.g. re-sent by `submit --resume`): drop the payload it brought back
+            pipe.delete(task.payload_key)
+        else:
+            log.warning("job %s is gone; dropping batch %d", task.job_id, task.batch_no)
+        _idle(ctx)(pipe)
+        pipe.execute()
+        return BatchOutcome(skipped="already written" if got.written else "job gone")
     if got.deliveries > ctx.settings.max_deliveries:
         reason = (f"dead-lettered: delivered {got.deliveries - 1} times without finishing; "
                   f"last error: {last_error(ctx, task)}")

@@ -81,8 +81,9 @@ def _init_child(**_: Any) -> None:
 
         init_cuda()
     _CTX = make_slot_context(_SETTINGS, _IDENTITY, _slot_index())
+    # current_batch=None: a pool process replacing one that died mid-batch must not show its batch
     _CTX.publish_state(state="warming" if _IDENTITY.warm else "ready", started_s=time.time(),
-                       start_id=_IDENTITY.start_id)
+                       start_id=_IDENTITY.start_id, current_batch=None)
     if _IDENTITY.warm:
         from workers.warm import warm_all
 

@@ -15,7 +15,8 @@ BUILDERS: dict[str, Callable[..., str]] = {
     if inspect.isfunction(fn) and fn.__module__ == keys.__name__ and name != "job_keys"
 }
 CONSTANTS = {"JOBS": keys.JOBS, "WORKERS": keys.WORKERS, "BROKER_UNACKED": keys.BROKER_UNACKED,
-             "BROKER_UNACKED_INDEX": keys.BROKER_UNACKED_INDEX}
+             "BROKER_UNACKED_INDEX": keys.BROKER_UNACKED_INDEX, "ORPHANS": keys.ORPHANS,
+             "ORPHANS_LOCK": keys.ORPHANS_LOCK}
 
 
 def _sample_args(fn: Callable[..., str], variant: int) -> list[object]:

@@ -16,7 +16,7 @@ from common import keys
 from common.config import Settings
 from common.errors import ConfigError
 from tests.helpers import RedisServer
-from workers.app import INFER_TASK, check_serializers, make_app
+from workers.app import INFER_TASK, PUBLISH_RETRY_POLICY, check_serializers, make_app
 
 URL = "unix:///tmp/trtbatch-unit-never-started.sock"
 
@@ -130,3 +130,77 @@ def test_password_reaches_the_broker_over_a_unix_socket() -> None:
     finally:
         server.stop()
         shutil.rmtree(server.dir, ignore_errors=True)
+
+
+def test_publishing_retries_through_a_redis_restart(app: Celery) -> None:
+    policy = app.conf.task_publish_retry_policy
+    assert app.conf.task_publish_retry and policy == PUBLISH_RETRY_POLICY
+    waits = [min(policy["interval_start"] + i * policy["interval_step"], policy["interval_max"])
+             for i in range(policy["max_retries"])]
+    assert sum(waits) >= 30  # like the redis-py clients (common/redisconn.py), not Celery's ~0.6 s
+
+
+def test_a_detached_channel_fails_like_a_lost_connection(redis_server: RedisServer, store_conn: redis.Redis) -> None:
+    """After Redis went away, Celery's consumer closes the connection (kombu detaches its channel) and
+    kombu still restores the channel's delivered messages through it, and acks tasks that finish
+    later. kombu 5.7 raised AttributeError there - the worker exited; now it is a connection error,
+    which kombu and Celery handle, and the message stays in the unacked hash for the visibility sweep."""
+    from kombu import Consumer, Queue
+
+    queue = f"trtbatch.unit.{uuid.uuid4().hex[:8]}"
+    a = make_app(Settings.from_env({}), f"{redis_server.url}?db=1")
+    try:
+        a.send_task(INFER_TASK, args=[{"job_id": "x"}], queue=queue)
+        with a.connection_for_read() as conn:
+            channel = conn.default_channel
+            got: list = []
+            Consumer(channel, queues=[Queue(queue)], accept=["json"], on_message=got.append).consume()
+            conn.drain_events(timeout=5)
+            assert len(got) == 1 and len(channel.qos._delivered) == 1
+            errors = conn.connection_errors
+            transport, client = channel.connection, channel.connection.client
+            channel._disconnect_pools()  # as the first, failed close of the lost connection left it
+            transport.client = None  # detached
+            try:
+                with pytest.raises(errors):
+                    channel.qos.restore_unacked()
+                with pytest.raises(errors):
+                    got[0].ack()
+                channel.connection = None  # detached further, as a late ack found it
+                with pytest.raises(errors):
+                    channel.qos.ack(got[0].delivery_tag)
+            finally:
+                channel.connection, transport.client = transport, client
+            assert store_conn.hlen(keys.BROKER_UNACKED) == 1 and store_conn.llen(keys.broker_queue(queue)) == 0
+    finally:
+        a.close()
+
+
+def test_the_event_loop_never_blocks_in_a_pubsub_read(redis_server: RedisServer, store_conn: redis.Redis) -> None:
+    """kombu reads the remote-control pub/sub from the worker's event loop when the socket looks
+    readable. With nothing to read (a worker was found in that state after a Redis restart) the read
+    blocked forever; it must return within PUBSUB_READ_TIMEOUT_S."""
+    import threading
+    import time
+
+    from workers.app import PUBSUB_READ_TIMEOUT_S
+
+    a = make_app(Settings.from_env({}), f"{redis_server.url}?db=1")
+    try:
+        with a.connection_for_read() as conn:
+            channel = conn.default_channel
+            pubsub = channel.subclient
+            name = f"trtbatch-unit-{uuid.uuid4().hex[:8]}"
+            pubsub.subscribe(name)
+            assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+            outcome: list = []
+            reader = threading.Thread(target=lambda: outcome.append(channel._receive_one(pubsub)), daemon=True)
+            started = time.monotonic()
+            reader.start()
+            reader.join(PUBSUB_READ_TIMEOUT_S + 5)
+            assert outcome == [None], "the read blocked"
+            assert time.monotonic() - started < PUBSUB_READ_TIMEOUT_S + 2
+            store_conn.publish(f"{keys.BROKER_PREFIX}{name}", "x")  # and messages still come through
+            assert pubsub.get_message(timeout=5)["data"] == b"x"
+    finally:
+        a.close()

@@ -1,0 +1,602 @@
+"""Fault injection against the real thing: a private redis-server per test, real worker
+subprocesses, real Paddle, and the faults a fleet meets - workers SIGKILLed mid-batch, Redis
+restarted under load, a producer killed mid-submit, a poison payload, a model corrupted in Redis,
+a spec the node cannot build, a batch that kills its process every time.
+
+Each test asserts the guarantee (exactly one record per image, nothing lost, bounded recovery,
+bounded retries, a readable reason), not merely that the job finished. SIGTERM to a worker
+mid-job (drain without losing or repeating work) is covered by
+``tests/integration/test_fleet.py::test_sigterm_drains_without_losing_or_repeating_work``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zlib  # noqa: F401  # before paddle
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+
+from common import keys
+from common.config import Settings
+from common.schemas import ResultRecord
+from producer import jobs, submit
+from producer.client import Client
+from tests.helpers import (
+    REPO_ROOT,
+    RedisServer,
+    deliveries,
+    free_port,
+    kill_group,
+    repeated_manifest,
+    serving,
+    slot_states,
+    spawn_worker,
+    unacked_batches,
+    wait_until,
+    worker_env,
+    written_batches,
+)
+from workers.app import INFER_TASK
+from workers.orphans import message_batch
+
+pytestmark = pytest.mark.integration
+CLI = [sys.executable, "-c", "from producer.cli import main; main()"]
+
+
+@dataclass
+class Faults:
+    """One test's private world: a redis-server, settings, a client, worker subprocesses."""
+
+    server: RedisServer
+    env: dict[str, str]
+    client: Client
+    tmp: Path
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def conn(self):
+        return self.client.conn
+
+    def worker(self, name: str, *args: str, **env: str) -> subprocess.Popen:
+        proc = spawn_worker({**self.env, **env}, name, self.tmp / f"{name}.log", "--slots", "2", *args)
+        self.procs.append(proc)
+        return proc
+
+    def wait_serving(self, name: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
+        def check():
+            if proc.poll() is not None:
+                raise AssertionError(f"worker {name} exited {proc.returncode}:\n{self.log(name)}")
+            return serving(self.conn, name, proc.pid)
+
+        wait_until(check, timeout_s, f"worker {name} (pid {proc.pid}) to consume", 0.1)
+
+    def log(self, name: str) -> str:
+        path = self.tmp / f"{name}.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def cli(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([*CLI, *args], env=env or self.env, capture_output=True, text=True, cwd=REPO_ROOT,
+                              timeout=timeout)
+
+    def cli_bg(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        proc = subprocess.Popen([*CLI, *args], env=env or self.env, stdout=open(self.tmp / f"{name}.out", "wb"),  # noqa: SIM115
+                                stderr=open(self.tmp / f"{name}.err", "wb"), cwd=REPO_ROOT,  # noqa: SIM115
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def records(self, job_id: str) -> dict[int, ResultRecord]:
+        raw = self.conn.hgetall(keys.job_results(job_id))
+        return {int(k): ResultRecord.decode(v) for k, v in raw.items()}
+
+
+@pytest.fixture()
+def faults(digits, session_dirs, tmp_path: Path) -> Iterator[Callable[..., Faults]]:
+    """Factory: ``faults(redis_args=[...], port=0, TASK_MAX_RETRIES="2", ...)`` starts a private
+    redis-server (short socket path under /tmp) and returns the test's world; everything it
+    started is killed at the end. Logs stay in the test's ``tmp_path``."""
+    made: list[Faults] = []
+
+    def make(redis_args: list[str] | None = None, port: int = 0, **settings: str) -> Faults:
+        root = Path(f"/tmp/tb-faults-{os.getpid()}-{time.monotonic_ns()}")
+        server = RedisServer(root, extra=redis_args, port=port).start()
+        base = {"TRTBATCH_REDIS_URL": server.url, "TRTBATCH_MODEL_REPO": str(digits["repo"]),
+                "TRTBATCH_CACHE_DIR": str(session_dirs["cache"]), "TRTBATCH_STATE_DIR": str(tmp_path / "state"),
+                "TRTBATCH_HEARTBEAT_TTL_S": "4", "TRTBATCH_HEARTBEAT_INTERVAL_S": "1"}
+        base.update({f"TRTBATCH_{k}": v for k, v in settings.items()})
+        env = worker_env(base)
+        client = Client(Settings.from_env({k: v for k, v in env.items() if k.startswith("TRTBATCH_")}))
+        fx = Faults(server, env, client, tmp_path)
+        made.append(fx)
+        return fx
+
+    yield make
+    for fx in made:
+        for proc in fx.procs:
+            kill_group(proc)
+        fx.client.close()
+        fx.server.stop()
+        shutil.copy(fx.server.dir / "redis.log", fx.tmp / "redis.log")
+        shutil.rmtree(fx.server.dir, ignore_errors=True)
+
+
+def assert_exactly_once(fx: Faults, job_id: str, n: int, final) -> dict[int, ResultRecord]:
+    """The job is done and holds one record per image 0..n-1, each naming its own index."""
+    assert final.state == "done", final.as_dict()
+    assert final.n_images == n
+    records = fx.records(job_id)
+    assert sorted(records) == list(range(n))
+    assert all(rec.index == i for i, rec in records.items())
+    assert final.done + final.failed == n  # the counters counted every record once
+    return records
+
+
+# -- 1. SIGKILL chaos ---------------------------------------------------------------------------
+KILLS = 20
+RECOVERY_BOUND_S = 15.0
+
+
+class LostBatches:
+    """For each kill: the batches delivered but not written at that moment - kombu's unacked messages
+    of the job, and sent batches whose message is nowhere (taken off the queue by the killed worker
+    before kombu recorded it as unacked) - and for each, when it was *back*: written (it was the
+    survivor's) or delivered again (its ``attempts`` count went up). A batch still pending from an
+    earlier kill is measured from that kill."""
+
+    def __init__(self, conn, job_id: str, queue: str) -> None:
+        self.conn, self.job_id, self.queue = conn, job_id, queue
+        self.kills: list[dict] = []
+        self.pending: list[tuple[int, int, int]] = []  # (kill no, batch, deliveries at kill)
+
+    def _batches(self, messages: list[dict]) -> set[int]:
+        found = {message_batch(m) for m in messages}
+        return {b for jb in found if jb and jb[0] == self.job_id for b in [jb[1]]}
+
+    def snapshot(self, victim: str, t_kill: float) -> dict:
+        pipe = self.conn.pipeline(transaction=True)  # one consistent view of queue and unacked
+        pipe.lrange(keys.broker_queue(self.queue), 0, -1)
+        pipe.hvals(keys.BROKER_UNACKED)
+        pipe.get(keys.job_progress(self.job_id))
+        queued, unacked, progress = pipe.execute()
+        cursor = json.loads(progress)["batches"] if progress else 0
+        in_unacked = self._batches([json.loads(raw)[0] for raw in unacked])
+        queued_batches = self._batches([json.loads(raw) for raw in queued])
+        with_payload = {int(k.rsplit(b":", 1)[1])
+                        for k in self.conn.scan_iter(match=keys.payload(self.job_id, "*"))}  # type: ignore[arg-type]
+        vanished = {b for b in with_payload if b < cursor} - queued_batches - in_unacked
+        already = {b for _, b, _ in self.pending}
+        batches = sorted((in_unacked | vanished) - already)
+        pipe = self.conn.pipeline(transaction=False)
+        pipe.hmget(keys.job_attempts(self.job_id), batches or ["-"])
+        pipe.hmget(keys.job_batches(self.job_id), batches or ["-"])
+        counts, written = pipe.execute()
+        kill = {"victim": victim, "t": t_kill, "in_flight": {}, "back_s": {}, "vanished": set()}
+        for b, count, w in zip(batches, counts, written, strict=False):
+            if w is None:
+                kill["in_flight"][b] = int(count or 0)
+                if b in vanished:
+                    kill["vanished"].add(b)
+                self.pending.append((len(self.kills), b, int(count or 0)))
+        self.kills.append(kill)
+        return kill
+
+    def poll(self) -> None:
+        if not self.pending:
+            return
+        batches = [b for _, b, _ in self.pending]
+        pipe = self.conn.pipeline(transaction=False)
+        pipe.hmget(keys.job_attempts(self.job_id), batches)
+        pipe.hmget(keys.job_batches(self.job_id), batches)
+        counts, written = pipe.execute()
+        now = time.monotonic()
+        still = []
+        for (k, b, before), count, w in zip(self.pending, counts, written, strict=True):
+            kill = self.kills[k]
+            if int(count or 0) > before or w is not None:
+                kill["back_s"][b] = now - kill["t"]
+            else:
+                still.append((k, b, before))
+        self.pending = still
+
+
+def queued_batches(fx: Faults, job_id: str) -> list[int]:
+    """Batch numbers of the job's messages waiting in its queue."""
+    out = []
+    for raw in fx.conn.lrange(keys.broker_queue(fx.client.store.meta(job_id)["queue"]), 0, -1):
+        args = json.loads(base64.b64decode(json.loads(raw)["body"]))[0]
+        if args[0].get("job_id") == job_id:
+            out.append(args[0]["batch_no"])
+    return out
+
+
+def missing_report(fx: Faults, job_id: str) -> str:
+    """Where the unwritten batches of a stuck job are: queued, unacked, or nowhere."""
+    meta = fx.client.store.meta(job_id)
+    written = written_batches(fx.conn, job_id)
+    counts = deliveries(fx.conn, job_id)
+    unacked = {b for j, b in unacked_batches(fx.conn).values() if j == job_id}
+    queued = set(queued_batches(fx, job_id))
+    missing = [b for b in range(meta.get("n_batches", 0)) if b not in written]
+    rows = [f"batch {b}: deliveries={counts.get(b, 0)} unacked={b in unacked} queued={b in queued} "
+            f"payload={bool(fx.conn.exists(keys.payload(job_id, b)))}" for b in missing]
+    return f"{len(missing)} batches never written:\n" + "\n".join(rows[:20])
+
+
+@pytest.mark.slow
+def test_sigkill_chaos_loses_and_repeats_nothing(faults, digits):
+    """Two CPU workers; 20 times, SIGKILL one worker's whole process group (main + pool) while it
+    holds a batch, and restart it as a supervisor would. Every batch in flight at a kill must be
+    delivered again within 15 s, and the job must end with exactly one ok record per image."""
+    fx = faults()
+    copies = 60
+    n = repeated_manifest(fx.tmp / "big.csv", digits["labels"], copies)
+    names = ("chaos-a", "chaos-b")
+    procs = {name: fx.worker(name) for name in names}
+    for name in names:
+        fx.wait_serving(name, procs[name])
+    job_id = submit.new_job_id()
+    opts = submit.SubmitOptions(paths=(str(fx.tmp / "big.csv"),), model="digits", batch_size=4)
+    sender = threading.Thread(target=submit.submit, args=(fx.client, opts), kwargs={"job_id": job_id}, daemon=True)
+    started = time.monotonic()
+    sender.start()
+    wait_until(lambda: fx.conn.exists(keys.job(job_id)), 60, "the job to exist", 0.05)
+    lost = LostBatches(fx.conn, job_id, fx.client.store.meta(job_id)["queue"])
+
+    def running_batches(name: str) -> set[int]:
+        """Batches this very worker process's pool is running now (its slots' current batch)."""
+        proc = procs[name]
+        if not serving(fx.conn, name, proc.pid):
+            return set()
+        try:
+            children = {c.pid for c in psutil.Process(proc.pid).children()}
+        except psutil.Error:
+            return set()
+        return {int(s["current_batch"].rsplit(":", 1)[1]) for s in slot_states(fx.conn, name).values()
+                if s.get("current_batch") and s.get("pid") in children}
+
+    def tracked_wait(cond, timeout_s: float, what: str):
+        deadline = time.monotonic() + timeout_s
+        while not (value := cond()):
+            lost.poll()
+            assert fx.client.store.job_state(job_id) != "done", \
+                f"the job finished after only {len(lost.kills)} kills; make it bigger"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.05)
+        return value
+
+    for k in range(KILLS):
+        victim, other = names[k % 2], names[1 - k % 2]
+        running = tracked_wait(lambda v=victim, o=other: serving(fx.conn, o, procs[o].pid) and running_batches(v),
+                               120, f"{victim} to run a batch while {other} consumes")
+        t_kill = time.monotonic()
+        kill_group(procs[victim])
+        lost.poll()  # settle what came back before this kill, then measure what this kill lost
+        lost.snapshot(victim, t_kill)["running"] = running
+        procs[victim] = fx.worker(victim)  # restart it, as the supervisor would
+    kill_phase_s = time.monotonic() - started
+    deadline = time.monotonic() + 120
+    while (lost.pending or fx.client.store.job_state(job_id) != "done") and time.monotonic() < deadline:
+        lost.poll()
+        time.sleep(0.1)
+    for k, kill in enumerate(lost.kills):
+        print(f"kill {k} {kill['victim']}: running {sorted(kill['running'])}, in flight {sorted(kill['in_flight'])} "
+              f"(no message: {sorted(kill['vanished'])}), back after "
+              f"{sorted(round(s, 1) for s in kill['back_s'].values())}")
+    assert fx.client.store.job_state(job_id) == "done", missing_report(fx, job_id)
+    final = jobs.wait(fx.client, job_id, timeout_s=5)
+    elapsed = time.monotonic() - started
+
+    records = assert_exactly_once(fx, job_id, n, final)
+    assert final.failed == 0 and all(r.ok for r in records.values())
+    n_batches = final.meta["n_batches"]
+    assert written_batches(fx.conn, job_id) == dict.fromkeys(range(n_batches), "done")
+    delivered = deliveries(fx.conn, job_id)
+    assert sorted(delivered) == list(range(n_batches))
+    back = [s for kill in lost.kills for s in kill["back_s"].values()]
+    summary = {"images": n, "batches": n_batches, "kills": len(lost.kills),
+               "in_flight": sum(len(k["in_flight"]) for k in lost.kills),
+               "running_at_kill": sum(len(k["running"]) for k in lost.kills),
+               "lost_in_transit": sum(len(k["vanished"]) for k in lost.kills),
+               "worst_back_s": round(max(back, default=0.0), 2),
+               "extra_deliveries": sum(delivered.values()) - n_batches,
+               "kill_phase_s": round(kill_phase_s, 1), "elapsed_s": round(elapsed, 1)}
+    print("chaos:", json.dumps(summary))
+    assert len(lost.kills) == KILLS and not lost.pending, lost.pending
+    assert all(kill["running"] for kill in lost.kills)  # every kill hit batches being run
+    assert summary["worst_back_s"] <= RECOVERY_BOUND_S, summary
+
+
+# -- 3. Redis restart mid-job -------------------------------------------------------------------
+AOF = ["--appendonly", "yes", "--appendfsync", "everysec"]
+
+
+@pytest.mark.slow
+def test_redis_restart_mid_job(faults, digits):
+    """Redis (AOF, unix socket + TCP) is stopped with SIGTERM in the middle of a job while two workers
+    (socket) and a ``trtbatch submit --wait`` producer (TCP) run, and restarted 3 s later with the same
+    directory and config. Everyone must reconnect alone, and the job must end with one ok record per
+    image."""
+    port = free_port()
+    fx = faults(redis_args=AOF, port=port)
+    assert fx.conn.config_get("appendonly")["appendonly"] == "yes"
+    n = repeated_manifest(fx.tmp / "big.csv", digits["labels"], 24)
+    names = ("restart-a", "restart-b")
+    procs = {name: fx.worker(name) for name in names}
+    for name in names:
+        fx.wait_serving(name, procs[name])
+    # TCP for the producer; no backpressure, so that it is busy sending (files, payloads, messages)
+    # when Redis goes away, not waiting for room
+    producer_env = {**fx.env, "TRTBATCH_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+                    "TRTBATCH_MAX_INFLIGHT_BATCHES": "100000"}
+    producer = fx.cli_bg("producer", "submit", str(fx.tmp / "big.csv"), "-m", "digits", "-b", "4", "--wait",
+                         "--json", env=producer_env)
+    job_id = wait_until(lambda: next(iter(fx.conn.zrange(keys.JOBS, 0, 0)), b"").decode(), 60, "the job", 0.05)
+    before = wait_until(lambda: (m := fx.client.store.meta(job_id)) and m["done"] >= 40 and m, 120,
+                        "the workers to make progress", 0.01)
+    fx.server.stop()  # SIGTERM: Redis writes its AOF and exits
+    assert not before["submit_complete"] and 0 < before["done"] < n  # producer and workers mid-job
+    time.sleep(3)  # the outage
+    for proc in (producer, *procs.values()):
+        assert proc.poll() is None, "a process exited while Redis was down"
+    fx.server.start()
+    after = fx.client.store.meta(job_id)
+    assert after["done"] >= before["done"] and after["n_enqueued"] >= before["n_enqueued"]  # the AOF kept it
+    assert producer.wait(180) == 0, (fx.tmp / "producer.err").read_text()[-3000:]
+    report = json.loads((fx.tmp / "producer.out").read_text())
+    assert report["state"] == "done" and report["done"] == n and report["failed"] == 0, report
+    final = fx.client.store.status(job_id)
+    records = assert_exactly_once(fx, job_id, n, final)
+    assert all(r.ok for r in records.values())
+    for name in names:  # both workers are back in the fleet, as the same processes
+        assert procs[name].poll() is None
+        wait_until(lambda nm=name: serving(fx.conn, nm, procs[nm].pid), 30, f"{name} to heartbeat again")
+    print("redis restart:", json.dumps({"images": n, "done_at_stop": before["done"],
+                                        "sent_at_stop": before["n_enqueued"],
+                                        "submit_complete_at_stop": before["submit_complete"],
+                                        "extra_deliveries": sum(deliveries(fx.conn, job_id).values())
+                                        - final.meta["n_batches"]}))
+
+
+def test_publishing_rides_out_a_redis_restart(faults):
+    """Sending a task while Redis restarts waits for it (Celery's default publish retry gave up after
+    ~0.6 s: a producer caught mid-send by a Redis restart crashed)."""
+    fx = faults(redis_args=AOF)
+    app, queue = fx.client.app, "trtbatch.any.fp32"
+    app.send_task(INFER_TASK, args=[{"job_id": "j", "batch_no": 0}], queue=queue)  # a pooled connection
+    fx.server.stop()
+    restart = threading.Timer(2.0, fx.server.start)
+    restart.start()
+    started = time.monotonic()
+    try:
+        app.send_task(INFER_TASK, args=[{"job_id": "j", "batch_no": 1}], queue=queue)
+    finally:
+        restart.join()
+    assert time.monotonic() - started >= 1.5  # it did wait for the restart
+    assert sorted(json.loads(base64.b64decode(json.loads(m)["body"]))[0][0]["batch_no"]
+                  for m in fx.conn.lrange(keys.broker_queue(queue), 0, -1)) == [0, 1]
+
+
+# -- 4. Producer killed mid-submit --------------------------------------------------------------
+@pytest.mark.slow
+def test_producer_killed_mid_submit_then_resumed(faults, digits):
+    """SIGKILL a ``trtbatch submit`` after some batches went out; ``trtbatch submit --resume JOB`` sends
+    the rest. Exactly one record per image, and only the round trip cut by the kill may be sent twice:
+    the producer records its cursor after each round trip of ``BATCHES_PER_ROUND_TRIP`` batches, so
+    every batch below the cursor was sent once by the first producer, every batch from cursor +
+    BATCHES_PER_ROUND_TRIP on once by the resume, and a batch in between at most twice - whose
+    second run then finds its records written and changes nothing."""
+    fx = faults()
+    n = repeated_manifest(fx.tmp / "big.csv", digits["labels"], 4)
+    proc = fx.worker("resume-a")
+    fx.wait_serving("resume-a", proc)
+    producer = fx.cli_bg("producer", "submit", str(fx.tmp / "big.csv"), "-m", "digits", "-b", "4")
+    job_id = wait_until(lambda: next(iter(fx.conn.zrange(keys.JOBS, 0, 0)), b"").decode(), 60, "the job", 0.05)
+    wait_until(lambda: int(fx.conn.hget(keys.job(job_id), "n_enqueued") or 0) >= n // 4, 120,
+               "a quarter of the job to be sent", 0.02)
+
+    def mid_round_trip() -> bool:
+        """The producer has stored the payloads of its next round trip and sent at least one of their
+        messages, and its cursor has not moved past them yet."""
+        cursor = (fx.client.store.progress(job_id) or {"batches": 0})["batches"]
+        last = keys.payload(job_id, cursor + submit.BATCHES_PER_ROUND_TRIP - 1)
+        if not fx.conn.exists(last):
+            return False
+        sent = fx.conn.hexists(keys.job_attempts(job_id), cursor) or cursor in queued_batches(fx, job_id)
+        return sent and fx.client.store.progress(job_id)["batches"] == cursor
+
+    wait_until(mid_round_trip, 120, "the producer to be in the middle of a round trip", 0.001)
+    kill_group(producer)
+    cursor = fx.client.store.progress(job_id)["batches"]
+    meta = fx.client.store.meta(job_id)
+    assert not meta["submit_complete"] and meta["state"] == "submitting"
+    assert n // 4 <= cursor * 4 < n
+    out = fx.cli("submit", "--resume", job_id, "--wait", "--json", "--timeout", "300", timeout=360)
+    assert out.returncode == 0, out.stderr[-3000:]
+    final = fx.client.store.status(job_id)
+    records = assert_exactly_once(fx, job_id, n, final)
+    assert final.failed == 0 and all(r.ok for r in records.values())
+    n_batches = final.meta["n_batches"]
+    assert n_batches == n // 4
+    delivered = deliveries(fx.conn, job_id)
+    assert sorted(delivered) == list(range(n_batches))
+    window = range(cursor, cursor + submit.BATCHES_PER_ROUND_TRIP)
+    assert all(count == 1 for b, count in delivered.items() if b not in window), delivered
+    assert all(count <= 2 for b, count in delivered.items() if b in window), delivered
+    # inference ran once per batch: the slots' batch counters sum to the number of batches
+    inferred = sum(s.get("batches", 0) for s in slot_states(fx.conn, "resume-a").values())
+    assert inferred == n_batches
+    # and no claim-check payload is left behind (written batches delete theirs)
+    assert not list(fx.conn.scan_iter(match=keys.payload(job_id, "*")))  # type: ignore[arg-type]
+    print("producer kill:", json.dumps({"images": n, "cursor_at_kill": cursor,
+                                        "sent_twice": sorted(b for b, c in delivered.items() if c == 2)}))
+
+
+# -- 5. Poison batch ----------------------------------------------------------------------------
+def test_poison_payload_is_retried_with_backoff_then_dead_lettered(faults, digits):
+    """One batch's claim-check payload is garbage: DecodeError is retried ``task_max_retries`` times with
+    growing delays, then the batch is dead-lettered with the reason; the rest of the job is ok."""
+    fx = faults(TASK_MAX_RETRIES="2", RETRY_BACKOFF_S="0.5")
+    files = sorted(digits["images"].glob("digit_00*.png"))[:40]
+    job_id = submit.submit(fx.client, submit.SubmitOptions(paths=tuple(map(str, files)), model="digits",
+                                                           batch_size=4))
+    poison = 3
+    key = keys.payload(job_id, poison)
+    assert fx.conn.exists(key)
+    fx.conn.set(key, b"\xc1 this is not msgpack \xff" * 8, keepttl=True)
+    proc = fx.worker("poison-a")
+    seen: list[float] = []  # when each delivery of the poison batch started (the attempts count rose)
+    deadline = time.monotonic() + 120
+    while True:
+        pipe = fx.conn.pipeline(transaction=False)
+        pipe.hget(keys.job_attempts(job_id), poison)
+        pipe.hget(keys.job(job_id), "state")
+        count, state = pipe.execute()
+        while len(seen) < int(count or 0):
+            seen.append(time.monotonic())
+        if state == b"done":
+            break
+        assert proc.poll() is None, fx.log("poison-a")
+        assert time.monotonic() < deadline, fx.log("poison-a")
+        time.sleep(0.02)
+    final = fx.client.store.status(job_id)
+    records = assert_exactly_once(fx, job_id, len(files), final)
+    delivered = deliveries(fx.conn, job_id)
+    assert delivered[poison] == 3  # the first try and task_max_retries=2 retries, no more
+    assert all(c == 1 for b, c in delivered.items() if b != poison)
+    gaps = [round(b - a, 2) for a, b in itertools.pairwise(seen)]
+    assert len(gaps) == 2 and gaps[0] >= 0.45 and gaps[1] >= 0.95 and gaps[1] > gaps[0], gaps  # 0.5 s, 1 s
+    state = written_batches(fx.conn, job_id)[poison]
+    assert state.startswith("dead:") and "DecodeError" in state
+    bad = range(poison * 4, poison * 4 + 4)
+    for i, rec in records.items():
+        if i in bad:
+            assert not rec.ok and rec.error_code == "dead_letter", rec
+            assert "after 2 retries" in rec.error and "DecodeError" in rec.error and "BatchPayload" in rec.error
+        else:
+            assert rec.ok, rec
+    assert final.failed == 4 and final.done == len(files) - 4 and final.meta["batches_dead"] == 1
+    out = fx.cli("status", job_id)
+    assert out.returncode == 0, out.stderr
+    assert "dead       1 batch(es) dead-lettered" in out.stdout
+    assert "4 x dead-lettered after 2 retries: DecodeError: BatchPayload" in out.stdout
+    print("poison:", json.dumps({"deliveries": delivered[poison], "gaps_s": gaps}))
+
+
+# -- 6. Predictor build failures ----------------------------------------------------------------
+def test_model_corrupted_in_redis_fails_at_once(faults, digits, tmp_path):
+    """A model version whose params blob is corrupted in Redis after publishing, and a worker with an
+    empty cache: every batch fails at once with the sha256 mismatch - one delivery each, no retries."""
+    cache = tmp_path / "fresh-cache"
+    fx = faults(CACHE_DIR=str(cache), RETRY_BACKOFF_S="0.5")
+    vid = fx.client.artifacts.publish_version("digits", digits["repo"] / "digits")
+    sha = fx.client.artifacts.version(vid)["files"]["inference.pdiparams"]
+    chunk = fx.conn.get(keys.blob_chunk(sha, 0))
+    fx.conn.set(keys.blob_chunk(sha, 0), chunk[::-1])
+    files = sorted(digits["images"].glob("digit_00*.png"))[:12]
+    job_id = submit.submit(fx.client, submit.SubmitOptions(paths=tuple(map(str, files)), model="digits",
+                                                           batch_size=4))
+    assert fx.client.store.meta(job_id)["version_id"] == vid
+    proc = fx.worker("corrupt-a")
+    final = jobs.wait(fx.client, job_id, timeout_s=120)
+    records = assert_exactly_once(fx, job_id, len(files), final)
+    for rec in records.values():
+        assert not rec.ok and rec.error_code == "bad_model", rec
+        assert f"artifact blob {sha[:12]} is corrupt (sha256 mismatch)" in rec.error
+    assert written_batches(fx.conn, job_id) == dict.fromkeys(range(3), "failed:bad_model")
+    assert final.meta["batches_dead"] == 0
+    time.sleep(2)  # a retry would come after retry_backoff_s (0.5 s): give it four times that
+    assert deliveries(fx.conn, job_id) == dict.fromkeys(range(3), 1)
+    assert not (cache / "models" / vid / ".complete").exists()
+    assert proc.poll() is None
+
+
+def test_precision_the_node_cannot_build_fails_at_once(faults, digits):
+    """A TensorRT FP16 batch reaching a CPU worker (listening on the trt.fp16 queue by mistake) fails at
+    once with a clear reason, one delivery per batch."""
+    fx = faults(RETRY_BACKOFF_S="0.5")
+    proc = fx.worker("nofp16-a", "--queues", "trtbatch.trt.fp16")
+    files = sorted(digits["images"].glob("digit_00*.png"))[:8]
+    job_id = submit.submit(fx.client, submit.SubmitOptions(paths=tuple(map(str, files)), model="digits",
+                                                           precision="fp16", target="trt", batch_size=4))
+    assert fx.client.store.meta(job_id)["queue"] == "trtbatch.trt.fp16"
+    final = jobs.wait(fx.client, job_id, timeout_s=120)
+    records = assert_exactly_once(fx, job_id, len(files), final)
+    for rec in records.values():
+        assert not rec.ok and rec.error_code == "precision_unsupported", rec
+        assert "cannot build a trt/fp16 predictor here" in rec.error and "without CUDA" in rec.error
+    assert written_batches(fx.conn, job_id) == dict.fromkeys(range(2), "failed:precision_unsupported")
+    time.sleep(2)  # a retry would come after retry_backoff_s (0.5 s): give it four times that
+    assert deliveries(fx.conn, job_id) == dict.fromkeys(range(2), 1)
+    assert proc.poll() is None
+
+
+# -- 7. Crash loop ------------------------------------------------------------------------------
+def big_png(path: Path, side: int = 6000) -> Path:
+    """A valid grayscale PNG that takes ~0.1 s to decode and resize (a window to kill its process in)."""
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray((np.add.outer(np.arange(side), np.arange(side)) % 256).astype(np.uint8), "L").save(path)
+    return path
+
+
+@pytest.mark.slow
+def test_batch_that_kills_its_process_is_dead_lettered(faults, digits):
+    """Whenever a pool process starts batch 2, SIGKILL that process (as a crashing decoder would). With
+    max_deliveries=3 the batch must be dead-lettered on its 4th delivery, naming the deliveries, and the
+    job must finish with the other batches ok."""
+    fx = faults(MAX_DELIVERIES="3")
+    digit_files = sorted(digits["images"].glob("digit_00*.png"))[:16]
+    slow = [big_png(fx.tmp / f"big{i}.png") for i in range(4)]
+    files = [*digit_files[:8], *slow, *digit_files[8:]]
+    target = 2
+    proc = fx.worker("crash-a")
+    fx.wait_serving("crash-a", proc)
+    job_id = submit.submit(fx.client, submit.SubmitOptions(paths=tuple(map(str, files)), model="digits",
+                                                           batch_size=4))
+    tag = f"{job_id}:{target}"
+    killed: list[int] = []
+    kill_times: list[float] = []
+    deadline = time.monotonic() + 180
+    while len(killed) < 3:
+        assert time.monotonic() < deadline, f"killed {killed} so far\n{fx.log('crash-a')}"
+        assert fx.client.store.job_state(job_id) != "done", f"the batch finished after {len(killed)} kills"
+        count = int(fx.conn.hget(keys.job_attempts(job_id), target) or 0)
+        if count > len(killed):  # a new delivery of the target batch: find its process
+            pids = [s["pid"] for s in slot_states(fx.conn, "crash-a").values()
+                    if s.get("current_batch") == tag and s.get("pid") not in killed]
+            if pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+                kill_times.append(time.monotonic())
+        time.sleep(0.01)
+    final = jobs.wait(fx.client, job_id, timeout_s=180)
+    records = assert_exactly_once(fx, job_id, len(files), final)
+    assert deliveries(fx.conn, job_id)[target] == 4  # three killed, the fourth dead-letters it
+    state = written_batches(fx.conn, job_id)[target]
+    assert state.startswith("dead:") and "delivered 3 times without finishing" in state
+    for i, rec in records.items():
+        if i // 4 == target:
+            assert not rec.ok and rec.error_code == "dead_letter"
+            assert "delivered 3 times without finishing" in rec.error and "the worker process died" in rec.error
+        else:
+            assert rec.ok, rec
+    assert final.meta["batches_dead"] == 1
+    assert proc.poll() is None  # the worker itself survived its pool processes
+    print("crash loop:", json.dumps({"killed_pids": killed, "s_between_kills": [round(b - a, 1) for a, b in
+                                     itertools.pairwise(kill_times)], "state": state}))
