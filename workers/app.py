@@ -48,6 +48,9 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         "visibility_timeout": settings.visibility_timeout_s,
         "unacked_restore_interval": settings.restore_interval_s,
         "unacked_restore_throttle": 1,
+        # kombu's restore sweep holds this mutex for milliseconds; its default expiry (300 s) would
+        # stall every redelivery for 5 minutes if a worker died while holding it
+        "unacked_mutex_expire": max(5, settings.visibility_timeout_s),
         "global_keyprefix": keys.BROKER_PREFIX,
         "socket_timeout": settings.redis_socket_timeout_s,
         "socket_connect_timeout": 5,

@@ -19,6 +19,8 @@ from typing import Any
 import redis
 from celery import bootsteps
 from celery.worker import state
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from common import keys, redisconn
 from workers import runtime
@@ -56,7 +58,9 @@ class LeaseStep(bootsteps.StartStopStep):
 
     def start(self, c: Any) -> None:
         settings = runtime.settings()
-        self._conn = redisconn.client(settings)
+        # No retries: this runs on the consumer's event loop, which a retrying client would hold for
+        # the whole of a Redis outage. A renewal missed now is made at the next tick.
+        self._conn = redisconn.client(settings, retry=Retry(NoBackoff(), 0), socket_timeout=2)
         self._tref = c.timer.call_repeatedly(settings.lease_refresh_s, self.tick, priority=10)
 
     def tick(self) -> None:
