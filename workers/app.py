@@ -48,9 +48,7 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         "visibility_timeout": settings.visibility_timeout_s,
         "unacked_restore_interval": settings.restore_interval_s,
         "unacked_restore_throttle": 1,
-        # kombu's restore sweep holds this mutex for milliseconds; its default expiry (300 s) would
-        # stall every redelivery for 5 minutes if a worker died while holding it
-        "unacked_mutex_expire": max(5, settings.visibility_timeout_s),
+        "unacked_mutex_expire": RESTORE_MUTEX_EXPIRE_S,
         "global_keyprefix": keys.BROKER_PREFIX,
         "socket_timeout": settings.redis_socket_timeout_s,
         "socket_connect_timeout": 5,
@@ -59,6 +57,13 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         "retry_on_timeout": True,
     }
 
+
+#: kombu's restore sweep holds its mutex for milliseconds. A worker killed inside a sweep leaves
+#: the mutex behind until it expires, and no worker sweeps until then: kombu's default (300 s)
+#: stalled every redelivery for 5 minutes, and 10 s once put a killed worker's batch back after
+#: 20.8 s instead of ~11 s (tests/integration/test_faults.py). Sweeps running side by side are
+#: safe: each message is restored in a WATCH transaction on the unacked hash, so only one wins.
+RESTORE_MUTEX_EXPIRE_S = 2
 
 #: Longest the worker's event loop waits in one read of the remote-control pub/sub connection.
 PUBSUB_READ_TIMEOUT_S = 1.0

@@ -204,3 +204,44 @@ def test_the_event_loop_never_blocks_in_a_pubsub_read(redis_server: RedisServer,
             assert pubsub.get_message(timeout=5)["data"] == b"x"
     finally:
         a.close()
+
+
+def test_a_sweeper_killed_holding_the_restore_mutex_stalls_redelivery_briefly(
+        redis_server: RedisServer, store_conn: redis.Redis) -> None:
+    """A worker SIGKILLed inside kombu's restore sweep leaves the sweep mutex behind; no worker
+    sweeps until it expires. A dead worker's batch must still be back well within the 15 s bound:
+    visibility + restore interval + mutex expiry. Real Redis, real kombu sweep."""
+    import time
+
+    from kombu import Consumer, Queue
+
+    from workers.app import RESTORE_MUTEX_EXPIRE_S
+
+    settings = Settings.from_env({"TRTBATCH_VISIBILITY_TIMEOUT_S": "2"})
+    queue = f"trtbatch.unit.{uuid.uuid4().hex[:8]}"
+    a = make_app(settings, f"{redis_server.url}?db=1")
+    try:
+        a.send_task(INFER_TASK, args=[{"job_id": "x"}], queue=queue)
+        with a.connection_for_read() as conn:  # the worker that dies holding the batch
+            got: list = []
+            Consumer(conn.default_channel, queues=[Queue(queue)], accept=["json"], on_message=got.append).consume()
+            conn.drain_events(timeout=5)
+            assert len(got) == 1 and store_conn.llen(keys.broker_queue(queue)) == 0
+            conn.default_channel.qos._delivered.clear()  # it dies: nothing of it restores anything
+        # ... and it died inside a sweep, holding the mutex (kombu's lock: SET NX with the expiry)
+        assert store_conn.lock(keys.BROKER_PREFIX + "unacked_mutex", timeout=RESTORE_MUTEX_EXPIRE_S).acquire(
+            blocking=False)
+        started = time.monotonic()
+        with a.connection_for_read() as survivor:
+            qos = survivor.default_channel.qos
+            while not store_conn.llen(keys.broker_queue(queue)) and time.monotonic() - started < 30:
+                qos.restore_visible(num=10, interval=1)  # the surviving worker's sweep, every tick
+                time.sleep(0.1)
+        back = time.monotonic() - started
+        assert store_conn.llen(keys.broker_queue(queue)) == 1 and store_conn.hlen(keys.BROKER_UNACKED) == 0
+        assert back <= max(settings.visibility_timeout_s, RESTORE_MUTEX_EXPIRE_S) + 1.0, back
+        defaults = Settings.from_env({})  # keep a 2 s margin under the 15 s bound, however it fell
+        assert defaults.visibility_timeout_s + defaults.restore_interval_s + RESTORE_MUTEX_EXPIRE_S <= 13
+    finally:
+        store_conn.delete(keys.BROKER_PREFIX + "unacked_mutex")
+        a.close()
