@@ -9,7 +9,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 # A machine whose last package run was cut off refuses every install until dpkg finishes it.
-$SUDO dpkg --configure -a
+$SUDO dpkg --configure -a || true  # (retried below if another package run holds the lock)
 apt_get() {  # retries while another package run (unattended upgrades at boot) holds the lock
   for attempt in 1 2 3 4 5 6; do
     if $SUDO apt-get -o DPkg::Lock::Timeout=120 "$@"; then return 0; fi
