@@ -148,6 +148,8 @@ def decode_all(ctx: SlotContext, pre: Preprocessor, items: list[PayloadItem], ch
         except Exception as exc:  # a decoder bug must not take the batch down
             return ImageError(f"cannot decode image: {type(exc).__name__}: {exc}")
 
+    if ctx.identity.decode_threads <= 1:  # handing each image to one pool thread costs ~25 %
+        return buf, [one(i) for i in range(len(items))]
     return buf, list(ctx.pool.map(one, range(len(items))))
 
 
