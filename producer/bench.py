@@ -53,7 +53,7 @@ class BenchOptions:
     device: str = "cpu"
     threads: int = 2
     decode_threads: int = 0
-    images: int = 480
+    images: int = 960
     naive_images: int = 160
     image_size: int = 256
     bare_seconds: float = 10.0

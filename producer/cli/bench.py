@@ -23,7 +23,8 @@ from producer.cli.util import Context, pass_ctx
 @click.option("--slots", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--overlap-decode", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Decode the next batch while one runs (worker setting overlap_decode).")
-@click.option("-n", "--images", type=click.IntRange(min=16), default=480, show_default=True)
+@click.option("-n", "--images", type=click.IntRange(min=16), default=960, show_default=True,
+              help="End-to-end images (a long job shows the steady rate, not start-up).")
 @click.option("--naive-images", type=click.IntRange(min=8), default=160, show_default=True)
 @click.option("--image-size", type=click.IntRange(min=16), default=256, show_default=True)
 @click.option("--bare-seconds", type=float, default=10.0, show_default=True)
@@ -52,7 +53,8 @@ def bench(ctx: Context, model: str, precision: str, batch_size: int, device: str
               help="Default: fp32, int8, and bf16 when this CPU has AVX512-BF16/AMX.")
 @click.option("-b", "--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("-t", "--threads", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("-n", "--images", type=click.IntRange(min=16), default=480, show_default=True)
+@click.option("-n", "--images", type=click.IntRange(min=16), default=960, show_default=True,
+              help="End-to-end images (a long job shows the steady rate, not start-up).")
 @click.option("--bare-seconds", type=float, default=10.0, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also append the JSON line to this file.")
 @pass_ctx
