@@ -158,7 +158,8 @@ class ResultRecord:
     schema: int = SCHEMA_VERSION
 
     def encode(self) -> str:
-        data = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        # fields read directly: dataclasses.asdict deep-copies every top-k entry first (2x slower)
+        data = {name: value for name in _RECORD_FIELDS if (value := getattr(self, name)) is not None}
         return json.dumps(data, separators=(",", ":"), allow_nan=False)
 
     @classmethod
@@ -174,3 +175,6 @@ class ResultRecord:
         data = dataclasses.asdict(self)
         data.pop("schema")
         return {k: v for k, v in data.items() if v is not None or k == "error"}
+
+
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(ResultRecord))
