@@ -37,10 +37,14 @@ def _canary(dest: Path) -> None:
     paddle.jit.save(net, str(dest / "inference"), input_spec=[InputSpec([None, 3, 32, 32], "float32", name="x")])
 
 
-def _run(model_dir: Path, x: np.ndarray, gpu: bool) -> np.ndarray:
+def plain_outputs(model_dir: Path, x: np.ndarray, gpu: bool = False, input_name: str = "x") -> np.ndarray:
+    """The first output of a plain Paddle Inference predictor (no oneDNN, no IR tuning of ours):
+    the reference that worker outputs are compared with."""
     import paddle.inference as paddle_infer
 
-    cfg = paddle_infer.Config(str(model_dir / "inference.pdmodel"), str(model_dir / "inference.pdiparams"))
+    from common.manifest import MODEL_FILE, PARAMS_FILE
+
+    cfg = paddle_infer.Config(str(model_dir / MODEL_FILE), str(model_dir / PARAMS_FILE))
     cfg.disable_glog_info()
     if gpu:
         cfg.enable_use_gpu(64, 0)
@@ -48,7 +52,7 @@ def _run(model_dir: Path, x: np.ndarray, gpu: bool) -> np.ndarray:
     else:
         cfg.disable_gpu()
     pred = paddle_infer.create_predictor(cfg)
-    handle = pred.get_input_handle("x")
+    handle = pred.get_input_handle(input_name)
     handle.reshape(list(x.shape))
     handle.copy_from_cpu(x)
     pred.run()
@@ -61,11 +65,11 @@ def gpu_selftest() -> tuple[bool, str]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         _canary(folder)
-        ref = _run(folder, x, gpu=False)
+        ref = plain_outputs(folder, x)
         last = ""
         for _ in range(2):  # the first GPU predictor of a process may fail on Hopper with this build
             try:
-                got = _run(folder, x, gpu=True)
+                got = plain_outputs(folder, x, gpu=True)
                 break
             except Exception as exc:
                 last = str(exc).strip().splitlines()[0][:200]

@@ -13,7 +13,7 @@ import pytest
 
 from common.artifacts import ArtifactStore
 from common.imaging import Preprocessor
-from common.manifest import MODEL_FILE, PARAMS_FILE, ModelManifest
+from common.manifest import ModelManifest
 from producer import jobs, submit
 from tests.helpers import image_bytes, write
 
@@ -44,8 +44,8 @@ def test_digits_accuracy_end_to_end(client, cpu_worker, digits):
 
 
 def test_outputs_equal_a_direct_predictor(client, cpu_worker, digits):
-    """The worker's raw outputs equal a paddle.inference predictor run on the same arrays."""
-    import paddle.inference as paddle_infer
+    """The worker's raw outputs equal a plain paddle.inference predictor run on the same arrays."""
+    from workers.selftest import plain_outputs
 
     files = sorted(digits["images"].glob("digit_00[0-3]*.png"))[:40]
     _, final, records = run_job(client, files, include_outputs=True, batch_size=16)
@@ -53,14 +53,7 @@ def test_outputs_equal_a_direct_predictor(client, cpu_worker, digits):
     manifest = ModelManifest.load(digits["repo"] / "digits")
     pre = Preprocessor(manifest.preprocess, manifest.input.chw, max_pixels=10**8)
     batch = np.stack([pre(f.read_bytes()).array for f in files])
-    cfg = paddle_infer.Config(str(digits["repo"] / "digits" / MODEL_FILE), str(digits["repo"] / "digits" / PARAMS_FILE))
-    cfg.disable_gpu()
-    pred = paddle_infer.create_predictor(cfg)
-    handle = pred.get_input_handle("x")
-    handle.reshape(list(batch.shape))
-    handle.copy_from_cpu(batch)
-    pred.run()
-    expected = pred.get_output_handle(pred.get_output_names()[0]).copy_to_cpu()
+    expected = plain_outputs(digits["repo"] / "digits", batch, input_name=manifest.input.name)
     got = np.array([next(iter(r.outputs.values())) for r in records], dtype=np.float32)
     assert got.shape == expected.shape
     assert float(np.abs(got - expected).max()) <= 1e-5
