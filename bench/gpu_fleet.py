@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 import time
-import zlib  # noqa: F401  # before paddle
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -31,12 +30,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.support import synthetic_jpeg
 from common.config import Settings
 from producer import jobs, submit
-from producer.bench_support import synthetic_jpeg
 from producer.client import Client
 
-CLI = [sys.executable, "-m", "producer"]
+CLI = [sys.executable, "-m", "cli"]
 
 
 def log(msg: str) -> None:
@@ -143,7 +142,7 @@ def main() -> None:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     client = Client(Settings.from_env())
-    from producer import modelmake
+    from tools import modelmake
 
     if not client.repo.exists(args.model):
         modelmake.make_vision(client.repo, args.model)

@@ -56,7 +56,7 @@ class Settings:
     result_ttl_s: int = 7 * 24 * 3600
     payload_ttl_s: int = 24 * 3600
 
-    # Delivery guarantees (see workers/lease.py): a batch held by a live worker has its lease
+    # Delivery guarantees (see workers/process/lease.py): a batch held by a live worker has its lease
     # renewed every ``lease_refresh_s``; one not renewed for ``visibility_timeout_s`` is handed
     # to another worker. The timeout bounds recovery time, not task length.
     visibility_timeout_s: int = 10

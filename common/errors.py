@@ -1,15 +1,19 @@
-"""One error hierarchy for trtbatch.
+"""One error hierarchy for trtbatch; it decides what is retried.
 
 ``TrtbatchError`` splits into:
 
-* ``RetryableError`` - the work may succeed if tried again (broker hiccup, worker lost, a
-  transient Redis failure). Celery's ``autoretry_for`` retries these with backoff, a bounded
-  number of times, then the batch is dead-lettered.
+* ``RetryableError`` - the work may succeed if tried again (Redis unreachable, the process holding
+  it died, a payload that should be there is not). A task retries it with exponential backoff, a
+  bounded number of times, then dead-letters the batch (``DeadLetterError``).
 * ``PermanentError`` - trying again cannot help (bad image, bad model, a precision this node
-  cannot serve). A permanent error on one image becomes that image's error record; a permanent
-  error on a whole batch (the predictor cannot be built) fails every image of the batch at once.
+  cannot serve, an expired payload, a cancelled job). A permanent error on one image becomes that
+  image's record; on a whole batch it fails every image of the batch at once, never retried.
 
-Each class carries a short machine-readable ``code`` used in result records and metrics.
+What is not a ``PermanentError`` is retried (``is_retryable``): a ``DecodeError`` of a payload or an
+exception nobody foresaw costs a few bounded retries, never the image on the first try.
+
+Each class carries a short machine-readable ``code``: the ``error_code`` of result records, the
+``code`` label of the ``trtbatch_image_errors_total`` metric, the failure counts of ``status``.
 """
 
 from __future__ import annotations
@@ -58,6 +62,13 @@ class WorkerLostError(RetryableError):
     code = "worker_lost"
 
 
+class PayloadRaceError(RetryableError):
+    """A batch's claim-check payload is missing while it should still be in Redis (its job is younger
+    than the payload TTL): it may appear or be resent, so the batch is tried again."""
+
+    code = "payload_race"
+
+
 class PermanentError(TrtbatchError):
     """Trying again cannot help."""
 
@@ -100,7 +111,31 @@ class PayloadMissingError(PermanentError):
     code = "payload_missing"
 
 
+class JobCancelledError(PermanentError):
+    """The batch's job was cancelled before the batch ran."""
+
+    code = "cancelled"
+
+
+class DeadLetterError(PermanentError):
+    """A batch gave up on: retried ``task_max_retries`` times, or delivered more than
+    ``max_deliveries`` times without finishing (its process kept dying)."""
+
+    code = "dead_letter"
+
+
+class TimeLimitError(DeadLetterError):
+    """A batch ran past ``task_hard_time_limit_s`` and its process was killed."""
+
+    code = "time_limit"
+
+
 class CalibrationError(PermanentError):
     """A calibration job cannot run or produced nothing usable."""
 
     code = "calibration"
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """The retry policy in one line: everything but a ``PermanentError`` is worth another try."""
+    return not isinstance(exc, PermanentError)

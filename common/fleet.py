@@ -16,6 +16,7 @@ from typing import Any
 import redis
 
 from common import keys, routing
+from common.schemas import SlotState
 
 RATE_WINDOW_S = 60
 
@@ -40,7 +41,7 @@ class WorkerInfo:
     last_seen_s: float = 0.0
     metrics_port: int = 0
     gpu_selftest: str = ""
-    slots: list[dict[str, Any]] = field(default_factory=list)
+    slots: list[SlotState] = field(default_factory=list)
     images_per_s: float = 0.0
 
     def caps(self) -> set[tuple[str, str]]:
@@ -48,6 +49,11 @@ class WorkerInfo:
 
     def serves(self, queue: str) -> bool:
         return queue in self.queues
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["slots"] = [s.as_dict() for s in self.slots]
+        return data
 
     def to_hash(self) -> dict[str, str]:
         data = asdict(self)
@@ -73,11 +79,16 @@ def publish(conn: redis.Redis, info: WorkerInfo, ttl_s: int) -> None:
     pipe.execute()
 
 
-def add_slot_state(pipe: Any, worker: str, slot: int, state: dict[str, Any], ttl_s: int) -> None:
+def add_slot_state(pipe: Any, worker: str, slot: int, state: SlotState, ttl_s: int) -> None:
     """Queue the update of one pipeline slot's record on ``pipe`` (the caller executes it)."""
     key = keys.worker_slot(worker, slot)
-    pipe.hset(key, mapping={k: json.dumps(v) for k, v in state.items()})
+    pipe.hset(key, mapping=state.encode())
     pipe.expire(key, ttl_s)
+
+
+def slot_state(conn: redis.Redis, worker: str, slot: int) -> SlotState | None:
+    raw = conn.hgetall(keys.worker_slot(worker, slot))
+    return SlotState.decode(raw) if raw else None
 
 
 def add_images(pipe: Any, worker: str, n: int) -> None:
@@ -112,7 +123,7 @@ def live_workers(conn: redis.Redis, ttl_s: int, max_slots: int = 16) -> list[Wor
         if not raw:
             continue
         info = WorkerInfo.from_hash(raw)
-        info.slots = [{k.decode(): json.loads(v) for k, v in s.items()} for s in slots if s]
+        info.slots = [SlotState.decode(s) for s in slots if s]
         done = sum(int(m.decode().rsplit(":", 1)[1]) for m in rate)
         info.images_per_s = round(done / RATE_WINDOW_S, 2)
         out.append(info)

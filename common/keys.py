@@ -9,13 +9,14 @@ Jobs
   trtbatch:job:<job>:errors              HASH  image index -> record, failed images only; result TTL
   trtbatch:job:<job>:batches             HASH  batch no -> "done" | "dead:<reason>"; result TTL
   trtbatch:job:<job>:progress            STRING  producer resume cursor (JSON); result TTL
-  trtbatch:job:<job>:timings             HASH  batch no -> JSON [start, fetched, decode start, decode end,
-                                               infer start, infer end, postprocessed (unix s), pid,
-                                               pipeline mode (WorkerIdentity.pipeline_mode)]; result TTL
+  trtbatch:job:<job>:timings             HASH  batch no -> BatchTimings (JSON, common/schemas.py): when each
+                                               step of the batch ran on its worker; result TTL
   trtbatch:job:<job>:attempts            HASH  batch no -> deliveries, "<batch>:error" -> last error;
                                                result TTL
   trtbatch:payload:<job>:<batch>         STRING  msgpack claim-check of one batch's image bytes;
                                                payload TTL, deleted once the batch is written
+  trtbatch:payload:<job>:<n>:eval        STRING  calibration jobs: batch n of the evaluation images; payload
+                                               TTL, deleted when the calibration job ends
 
 Model artifacts (content-addressed, see common/artifacts.py)
   trtbatch:blob:<sha256>                 HASH  {"size", "chunks"}; no TTL
@@ -24,7 +25,6 @@ Model artifacts (content-addressed, see common/artifacts.py)
   trtbatch:model:<name>:versions         ZSET  version id -> created; no TTL
   trtbatch:calib:<version>:<spec key>    HASH  {file name -> blob sha256} TensorRT calibration tables
   trtbatch:report:<version id>           STRING  quantization report (JSON); no TTL
-  trtbatch:calibjob:<job>                HASH  calibration job state; result TTL
 
 Fleet
   trtbatch:workers                       ZSET  worker name -> last heartbeat (unix s)
@@ -33,7 +33,7 @@ Fleet
   trtbatch:worker:<name>:slot:<n>        HASH  per-process state of one pipeline slot; heartbeat TTL
   trtbatch:worker:<name>:rate            ZSET  "<t>:<n>" -> t, images done per second; 120 s TTL
 
-Orphan sweep (workers/orphans.py)
+Orphan sweep (workers/process/orphans.py)
   trtbatch:orphans                       HASH  "<job>:<batch>" -> when first seen sent, unwritten and with no
                                                message (unix s); no TTL, fields removed by the next sweep
   trtbatch:orphans:lock                  STRING  taken by the worker sweeping now; expires within one interval
@@ -41,7 +41,7 @@ Orphan sweep (workers/orphans.py)
 Broker (kombu, with ``global_keyprefix``)
   trtbatch:celery:<queue>                LIST  Celery messages of one capability queue
   trtbatch:celery:unacked                HASH  delivery tag -> message (kombu ack emulation)
-  trtbatch:celery:unacked_index          ZSET  delivery tag -> lease time; renewed by workers/lease.py
+  trtbatch:celery:unacked_index          ZSET  delivery tag -> lease time; renewed by workers/process/lease.py
   trtbatch:celery:unacked_mutex          STRING  kombu's restore mutex
 """
 
@@ -93,7 +93,22 @@ def job_keys(job_id: str) -> list[str]:
 
 
 def payload(job_id: str, batch_no: int) -> str:
+    """With ``"*"`` for either argument: a SCAN pattern."""
     return f"{PREFIX}:payload:{job_id}:{batch_no}"
+
+
+def eval_payload(job_id: str, batch_no: int) -> str:
+    return f"{payload(job_id, batch_no)}:eval"
+
+
+def parse_payload(key: str | bytes) -> tuple[str, int] | None:
+    """(job id, batch no) of an inference payload key; None for any other key (an eval payload)."""
+    text = key.decode() if isinstance(key, bytes) else key
+    head = f"{PREFIX}:payload:"
+    if not text.startswith(head):
+        return None
+    job_id, _, batch = text[len(head):].rpartition(":")
+    return (job_id, int(batch)) if job_id and batch.isdigit() else None
 
 
 def blob(sha256: str) -> str:
@@ -118,10 +133,6 @@ def calib_table(version_id: str, spec_key: str) -> str:
 
 def report(version_id: str) -> str:
     return f"{PREFIX}:report:{version_id}"
-
-
-def calib_job(job_id: str) -> str:
-    return f"{PREFIX}:calibjob:{job_id}"
 
 
 def worker(name: str) -> str:

@@ -181,7 +181,13 @@ def _check_input(inp: InputSpec) -> None:
 
 
 def _check_preprocess(pre: Preprocess, inp: InputSpec) -> None:
-    channels, height, width = inp.chw
+    _check_color(pre, inp.chw[0])
+    _check_size(pre, inp.chw[1:])
+    if pre.interpolation not in ("bilinear", "bicubic", "nearest", "lanczos"):
+        raise ModelError(f"preprocess.interpolation {pre.interpolation!r} is not supported")
+
+
+def _check_color(pre: Preprocess, channels: int) -> None:
     if pre.color not in COLORS:
         raise ModelError(f"preprocess.color must be one of {sorted(COLORS)}")
     if COLORS[pre.color] != channels:
@@ -193,12 +199,13 @@ def _check_preprocess(pre: Preprocess, inp: InputSpec) -> None:
             raise ModelError(f"preprocess.{name} needs 1 or {channels} values")
     if any(s == 0 for s in pre.std):
         raise ModelError("preprocess.std must not contain 0")
+
+
+def _check_size(pre: Preprocess, hw: tuple[int, int]) -> None:
     if len(pre.resize) not in (1, 2) or any(int(r) <= 0 for r in pre.resize):
         raise ModelError("preprocess.resize must be one positive int (shorter side) or [h, w]")
     final = tuple(pre.crop) if pre.crop else (tuple(pre.resize) if len(pre.resize) == 2 else None)
     if final is None:
         raise ModelError("preprocess: a shorter-side resize needs a crop to fix the size")
-    if final != (height, width):
-        raise ModelError(f"preprocess gives {list(final)} images, the input wants {[height, width]}")
-    if pre.interpolation not in ("bilinear", "bicubic", "nearest", "lanczos"):
-        raise ModelError(f"preprocess.interpolation {pre.interpolation!r} is not supported")
+    if final != tuple(hw):
+        raise ModelError(f"preprocess gives {list(final)} images, the input wants {list(hw)}")

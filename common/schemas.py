@@ -5,6 +5,9 @@
 * ``BatchPayload`` - the image bytes of one batch, stored in Redis as msgpack under the key the
                      task names.
 * ``ResultRecord`` - one image's outcome, stored as JSON in the job's results hash.
+* ``JobRecord``    - a job's metadata and counters: the ``trtbatch:job:<id>`` hash.
+* ``SlotState``    - one pipeline slot's fleet record: the ``trtbatch:worker:<name>:slot:<n>`` hash.
+* ``BatchTimings`` - when each step of one batch ran on its worker: the job's timings hash.
 
 Every ``decode`` raises ``DecodeError`` and nothing else on malformed input.
 """
@@ -12,9 +15,11 @@ Every ``decode`` raises ``DecodeError`` and nothing else on malformed input.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
+import types
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import msgpack
 
@@ -22,6 +27,16 @@ from common.errors import DecodeError
 
 SCHEMA_VERSION = 1
 T = TypeVar("T")
+
+#: Where a predictor runs: oneDNN on the CPU, native CUDA, TensorRT subgraphs.
+Backend = Literal["cpu", "gpu", "trt"]
+#: What a job may ask for: one backend, or any worker that serves the precision.
+Target = Literal["any", "cpu", "gpu", "trt"]
+Precision = Literal["fp32", "fp16", "int8", "bf16"]
+#: The kind of device a worker process is pinned to.
+Device = Literal["cpu", "gpu"]
+JobState = Literal["submitting", "queued", "running", "done", "failed", "cancelled"]
+TERMINAL_STATES: tuple[JobState, ...] = ("done", "failed", "cancelled")
 
 
 def _from_dict(cls: type[T], data: Any) -> T:
@@ -46,8 +61,8 @@ class BatchTask:
     payload_key: str
     version_id: str
     model: str
-    precision: str
-    target: str
+    precision: Precision
+    target: Target
     batch_size: int
     n_images: int
     start_index: int = 0
@@ -178,3 +193,192 @@ class ResultRecord:
 
 
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(ResultRecord))
+
+
+# -- hash records --------------------------------------------------------------------------------
+def hash_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    return json.dumps(list(value) if isinstance(value, tuple) else value, separators=(",", ":"))
+
+
+def _parse_value(typ: Any, text: str) -> Any:
+    if get_origin(typ) in (Union, types.UnionType):  # Optional[X]: a None field is never stored
+        typ = next(a for a in get_args(typ) if a is not type(None))
+    origin = get_origin(typ)
+    if typ is bool:
+        return text == "1"
+    if typ in (int, float):
+        return typ(text)
+    if typ is str or origin is Literal:
+        return text
+    value = json.loads(text)  # tuple / dict / list fields
+    return tuple(value) if origin is tuple else value
+
+
+def to_hash(record: Any) -> dict[str, str]:
+    """A record as Redis hash fields: None fields left out, containers as JSON."""
+    return {f.name: hash_value(v) for f in fields(record) if (v := getattr(record, f.name)) is not None}
+
+
+def from_hash(cls: type[T], raw: dict[bytes, bytes] | dict[str, str]) -> T:
+    """Rebuild a record from its hash; fields it does not know (a newer writer) are ignored."""
+    hints = get_type_hints(cls)
+    data: dict[str, Any] = {}
+    try:
+        for key, value in raw.items():
+            name = key.decode() if isinstance(key, bytes) else key
+            if name in hints:
+                text = value.decode() if isinstance(value, bytes) else value
+                data[name] = _parse_value(hints[name], text)
+    except (ValueError, TypeError) as exc:
+        raise DecodeError(f"{cls.__name__}: {exc}") from exc
+    return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job: what it runs and how far it got. Counters (``done``, ``failed``, ``n_enqueued``,
+    ``batches_*``) are incremented in place by the store's Lua scripts, the rest is set whole."""
+
+    job_id: str
+    state: JobState = "submitting"
+    kind: str = "inference"  # inference | calibration | naive-baseline (benchmarks)
+    model: str = ""
+    requested_model: str = ""
+    version_id: str = ""
+    precision: Precision = "fp32"
+    target: Target = "any"
+    queue: str = ""
+    batch_size: int = 0
+    top_k: int = 0
+    int8_source: str | None = None
+    include_outputs: bool = False
+    options: dict[str, Any] | None = None  # the submit options, to resume the submission
+    producer: str = ""
+    created_s: float = 0.0
+    updated_s: float = 0.0
+    finished_s: float | None = None
+    cancelled_s: float | None = None
+    submit_complete: bool = False
+    n_images: int = 0
+    n_batches: int = 0
+    n_enqueued: int = 0
+    done: int = 0
+    failed: int = 0
+    batches_done: int = 0
+    batches_dead: int = 0
+    # calibration jobs
+    method: str = ""
+    algo: str = ""
+    eval_images: int = 0
+    worker: str = ""
+    error: str | None = None
+    result_name: str = ""
+    result_version: str = ""
+    warnings: tuple[str, ...] = ()
+    calibration_s: float | None = None
+    samples: int = 0
+    schema: int = SCHEMA_VERSION
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def encode(self) -> dict[str, str]:
+        return to_hash(self)
+
+    @classmethod
+    def decode(cls, raw: dict[bytes, bytes]) -> JobRecord:
+        return from_hash(cls, raw)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["warnings"] = list(self.warnings)
+        return data
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """What one pipeline slot (a Celery pool process) is doing, for ``trtbatch workers``."""
+
+    state: str = "starting"  # starting | warming | ready
+    pid: int = 0
+    start_id: str = ""  # the worker start it belongs to (WarmGate waits for its own slots)
+    started_s: float = 0.0
+    ready_s: float | None = None
+    updated_s: float = 0.0
+    current_batch: str | None = None  # "<job>:<batch>" while one runs
+    batches: int = 0
+    last_batch_s: float | None = None
+    last_error: str | None = None
+    predictors: tuple[dict[str, Any], ...] = ()
+    warm: tuple[dict[str, Any], ...] = ()
+    schema: int = SCHEMA_VERSION
+
+    def encode(self) -> dict[str, str]:
+        # JSON per field, and "null" rather than a missing field: a slot that finished its batch must
+        # overwrite ``current_batch``, not leave the old one in place
+        return {f.name: json.dumps(_plain(getattr(self, f.name))) for f in fields(self)}
+
+    @classmethod
+    def decode(cls, raw: dict[bytes, bytes]) -> SlotState:
+        try:
+            data = {k.decode(): json.loads(v) for k, v in raw.items()}
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DecodeError(f"SlotState: {exc}") from exc
+        for name in ("predictors", "warm"):
+            if isinstance(data.get(name), list):
+                data[name] = tuple(data[name])
+        return _from_dict(cls, data)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+class PipelineMode(str, enum.Enum):
+    """How a worker's pipeline slots share its device (chosen at start, see workers/process/main.py)."""
+
+    #: Slots share the device and decode under its lock: decoding beside a predictor that already uses
+    #: every core would only make the predictor straggle.
+    DECODE_UNDER_LOCK = "decode-under-lock"
+    #: Slots share the device; one decodes batch k+1 while another runs batch k (GPU workers).
+    OVERLAPPED = "overlapped"
+    #: CPU cores are split between the slots: each decodes and infers on its own cores.
+    PARTITIONED = "partitioned"
+
+
+@dataclass(frozen=True)
+class BatchTimings:
+    """When each step of one batch ran (unix s), stored per batch for the benchmarks."""
+
+    started_s: float
+    fetched_s: float
+    decode_start_s: float
+    decode_end_s: float
+    infer_start_s: float
+    infer_end_s: float
+    postprocessed_s: float
+    pid: int
+    mode: PipelineMode
+    schema: int = SCHEMA_VERSION
+
+    def encode(self) -> str:
+        data = dataclasses.asdict(self)
+        data["mode"] = self.mode.value
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> BatchTimings:
+        try:
+            data = json.loads(raw)
+            data["mode"] = PipelineMode(data["mode"])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise DecodeError(f"BatchTimings: {exc}") from exc
+        return _from_dict(cls, data)

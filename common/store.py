@@ -6,27 +6,23 @@ only count fields that were new - all inside one Lua script, so a crash can neve
 without its count. The same script deletes the batch's payload and finishes the job when the last
 image lands.
 
-Job hash fields: job_id model version_id precision target queue batch_size top_k int8_source
-state created_s updated_s finished_s submit_complete n_images n_batches done failed
-batches_done batches_dead cancelled_s. States: submitting -> queued -> done | cancelled.
+The job hash is a ``JobRecord`` (common/schemas.py). States: submitting -> queued -> done |
+failed | cancelled.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import redis
 
 from common import keys
 from common.errors import JobError
-from common.schemas import ResultRecord
-
-STATES = ("submitting", "queued", "running", "done", "failed", "cancelled")
-TERMINAL = ("done", "failed", "cancelled")
+from common.schemas import TERMINAL_STATES, JobRecord, ResultRecord, hash_value
 
 # Finishes the job when every image has a record and the producer has sent everything.
 _FINISH_LUA = """
@@ -88,21 +84,37 @@ redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
 return 1
 """
 
-_INT_FIELDS = ("batch_size", "top_k", "n_images", "n_batches", "done", "failed", "batches_done",
-               "batches_dead", "n_enqueued")
-_FLOAT_FIELDS = ("created_s", "updated_s", "finished_s", "cancelled_s")
-
-
 @dataclass
 class JobStatus:
-    job_id: str
-    state: str
-    meta: dict[str, Any]
+    """A job's record plus what is derived from it (pending images, failure reasons)."""
+
+    job: JobRecord
     n_images: int
-    done: int
-    failed: int
-    submit_complete: bool
     error_reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def job_id(self) -> str:
+        return self.job.job_id
+
+    @property
+    def state(self) -> str:
+        return self.job.state
+
+    @property
+    def done(self) -> int:
+        return self.job.done
+
+    @property
+    def failed(self) -> int:
+        return self.job.failed
+
+    @property
+    def submit_complete(self) -> bool:
+        return self.job.submit_complete
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.job.as_dict()
 
     @property
     def finished(self) -> int:
@@ -114,30 +126,19 @@ class JobStatus:
 
     @property
     def terminal(self) -> bool:
-        return self.state in TERMINAL
+        return self.job.terminal
 
     def as_dict(self) -> dict[str, Any]:
-        out = dict(self.meta)
-        out.update(job_id=self.job_id, state=self.state, n_images=self.n_images, done=self.done,
-                   failed=self.failed, pending=self.pending, submit_complete=self.submit_complete,
-                   error_reasons=self.error_reasons)
-        created, end = out.get("created_s"), out.get("finished_s") or time.time()
+        out = self.job.as_dict()
+        out.update(n_images=self.n_images, pending=self.pending, error_reasons=self.error_reasons)
+        created, end = self.job.created_s, self.job.finished_s or time.time()
         if created:
             out["elapsed_s"] = round(end - created, 3)
             out["images_per_s"] = round(self.finished / max(end - created, 1e-9), 2)
         return out
 
 
-def _parse_meta(raw: dict[bytes, bytes]) -> dict[str, Any]:
-    meta: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
-    for name in _INT_FIELDS:
-        if name in meta:
-            meta[name] = int(meta[name])
-    for name in _FLOAT_FIELDS:
-        if name in meta:
-            meta[name] = float(meta[name])
-    meta["submit_complete"] = meta.get("submit_complete") == "1"
-    return meta
+_RECORD_FIELDS = frozenset(f.name for f in fields(JobRecord))
 
 
 class JobStore:
@@ -148,20 +149,18 @@ class JobStore:
         self._enqueued = conn.register_script(_ENQUEUED_LUA)
 
     # -- producer side ---------------------------------------------------------------------
-    def create_job(self, job_id: str, meta: dict[str, Any]) -> bool:
+    def create_job(self, record: JobRecord) -> bool:
         """Create the job hash; False if it already exists (a resumed or repeated submit)."""
         now = time.time()
-        fields = {k: str(v) for k, v in meta.items() if v is not None}
-        fields.update(job_id=job_id, state="submitting", created_s=str(now), updated_s=str(now),
-                      done="0", failed="0", batches_done="0", batches_dead="0", n_enqueued="0",
-                      submit_complete="0")
-        key = keys.job(job_id)
-        if not self.conn.hsetnx(key, "job_id", job_id):
+        record = replace(record, state="submitting", created_s=now, updated_s=now, done=0, failed=0,
+                         batches_done=0, batches_dead=0, n_enqueued=0, submit_complete=False)
+        key = keys.job(record.job_id)
+        if not self.conn.hsetnx(key, "job_id", record.job_id):
             return False
         pipe = self.conn.pipeline(transaction=True)
-        pipe.hset(key, mapping=fields)
+        pipe.hset(key, mapping=record.encode())
         pipe.expire(key, self.ttl_s)
-        pipe.zadd(keys.JOBS, {job_id: now})
+        pipe.zadd(keys.JOBS, {record.job_id: now})
         pipe.execute()
         return True
 
@@ -183,42 +182,50 @@ class JobStore:
         return state.decode() if isinstance(state, bytes) else str(state)
 
     # -- worker side -----------------------------------------------------------------------
-    def write_batch(self, job_id: str, batch_no: int, records: list[ResultRecord], payload_key: str,
-                    batch_state: str = "done", extra: Callable[[Any], None] | None = None) -> tuple[int, int]:
-        """Write one batch's records - and whatever ``extra`` queues on the same pipeline - in one
-        round trip; returns (new ok, new failed). Safe to call twice."""
+    def queue_write_batch(self, pipe: Any, job_id: str, batch_no: int, records: list[ResultRecord],
+                          payload_key: str, batch_state: str = "done") -> None:
+        """Queue the idempotent write of one batch's records on ``pipe``: the caller adds its own
+        commands to the same round trip and reads the reply with ``written(replies[i])``."""
         args: list[Any] = [batch_no, self.ttl_s, time.time(), batch_state]
         for rec in records:
             args.extend((rec.index, "1" if rec.ok else "0", rec.encode()))
         job_keys = [keys.job(job_id), keys.job_results(job_id), keys.job_errors(job_id),
                     keys.job_batches(job_id), payload_key]
-        pipe = self.conn.pipeline(transaction=False)
         pipe.eval(_WRITE_BATCH_LUA, len(job_keys), *job_keys, *args)
-        if extra is not None:
-            extra(pipe)
-        new_ok, new_failed = pipe.execute()[0]
+
+    @staticmethod
+    def written(reply: Any, job_id: str) -> tuple[int, int]:
+        """(new ok, new failed) from the reply of a queued batch write."""
+        new_ok, new_failed = reply
         if new_ok < 0:
             raise JobError(f"job {job_id} no longer exists (expired or deleted)")
         return int(new_ok), int(new_failed)
+
+    def write_batch(self, job_id: str, batch_no: int, records: list[ResultRecord], payload_key: str,
+                    batch_state: str = "done") -> tuple[int, int]:
+        """Write one batch's records in one round trip; returns (new ok, new failed). Safe to call twice."""
+        pipe = self.conn.pipeline(transaction=False)
+        self.queue_write_batch(pipe, job_id, batch_no, records, payload_key, batch_state)
+        return self.written(pipe.execute()[0], job_id)
 
     def job_state(self, job_id: str) -> str | None:
         state = self.conn.hget(keys.job(job_id), "state")
         return state.decode() if state else None
 
     # -- queries ---------------------------------------------------------------------------
-    def meta(self, job_id: str) -> dict[str, Any]:
+    def record(self, job_id: str) -> JobRecord:
         raw = self.conn.hgetall(keys.job(job_id))
         if not raw:
             raise JobError(f"no job {job_id!r} (unknown id, or its results expired)")
-        return _parse_meta(raw)
+        return JobRecord.decode(raw)
+
+    def meta(self, job_id: str) -> dict[str, Any]:
+        return self.record(job_id).as_dict()
 
     def status(self, job_id: str, reasons: int = 200) -> JobStatus:
-        meta = self.meta(job_id)
-        n_images = meta["n_images"] if meta["submit_complete"] else meta.get("n_enqueued", 0)
-        return JobStatus(job_id=job_id, state=meta["state"], meta=meta, n_images=n_images,
-                         done=meta.get("done", 0), failed=meta.get("failed", 0),
-                         submit_complete=meta["submit_complete"],
-                         error_reasons=self.error_reasons(job_id, reasons))
+        job = self.record(job_id)
+        n_images = job.n_images if job.submit_complete else job.n_enqueued
+        return JobStatus(job=job, n_images=n_images, error_reasons=self.error_reasons(job_id, reasons))
 
     def error_reasons(self, job_id: str, limit: int) -> dict[str, int]:
         """Counts of failure reasons among up to ``limit`` failed images."""
@@ -235,8 +242,8 @@ class JobStore:
     def iter_results(self, job_id: str, chunk: int = 1000, failed_only: bool = False
                      ) -> Iterator[ResultRecord]:
         """Records in image order, ``chunk`` at a time (bounded memory for huge jobs)."""
-        meta = self.meta(job_id)
-        total = meta["n_images"] if meta["submit_complete"] else meta.get("n_enqueued", 0)
+        job = self.record(job_id)
+        total = job.n_images if job.submit_complete else job.n_enqueued
         key = keys.job_errors(job_id) if failed_only else keys.job_results(job_id)
         for start in range(0, total, chunk):
             indices = list(range(start, min(start + chunk, total)))
@@ -244,7 +251,7 @@ class JobStore:
                 if raw is not None:
                     yield ResultRecord.decode(raw)
 
-    def list_jobs(self, limit: int = 50) -> list[dict[str, Any]]:
+    def list_jobs(self, limit: int = 50) -> list[JobRecord]:
         ids = [i.decode() for i in self.conn.zrevrange(keys.JOBS, 0, limit - 1)]
         pipe = self.conn.pipeline(transaction=False)
         for job_id in ids:
@@ -253,23 +260,26 @@ class JobStore:
         stale = []
         for job_id, raw in zip(ids, pipe.execute(), strict=True):
             if raw:
-                out.append(_parse_meta(raw))
+                out.append(JobRecord.decode(raw))
             else:
                 stale.append(job_id)
         if stale:
             self.conn.zrem(keys.JOBS, *stale)
         return out
 
-    def set_fields(self, job_id: str, **fields: Any) -> None:
-        """Update metadata of a job (calibration jobs report their progress and result this way)."""
-        values = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items() if v is not None}
+    def set_fields(self, job_id: str, **changes: Any) -> None:
+        """Update fields of a job (calibration jobs report their progress and result this way)."""
+        unknown = set(changes) - _RECORD_FIELDS
+        if unknown:
+            raise ValueError(f"not job record fields: {sorted(unknown)}")
+        values = {k: hash_value(v) for k, v in changes.items() if v is not None}
         values["updated_s"] = str(time.time())
         self.conn.hset(keys.job(job_id), mapping=values)
 
-    def finish(self, job_id: str, state: str, **fields: Any) -> None:
-        if state not in TERMINAL:
+    def finish(self, job_id: str, state: str, **changes: Any) -> None:
+        if state not in TERMINAL_STATES:
             raise ValueError(f"not a terminal state: {state}")
-        self.set_fields(job_id, state=state, finished_s=str(time.time()), **fields)
+        self.set_fields(job_id, state=state, finished_s=time.time(), **changes)
 
     def add_progress(self, job_id: str, n: int, failed: int = 0) -> None:
         pipe = self.conn.pipeline(transaction=False)
@@ -280,9 +290,9 @@ class JobStore:
         pipe.execute()
 
     def cancel(self, job_id: str) -> str:
-        meta = self.meta(job_id)
-        if meta["state"] in TERMINAL:
-            return meta["state"]
+        job = self.record(job_id)
+        if job.terminal:
+            return job.state
         self.conn.hset(keys.job(job_id), mapping={"state": "cancelled", "cancelled_s": time.time()})
         return "cancelled"
 

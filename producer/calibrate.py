@@ -10,14 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import catalog, keys, routing
+from common.calibration import METHODS, PTQ_ALGOS, RECOMMENDED_IMAGES
+from common.celery_app import CALIBRATE_TASK
 from common.errors import CalibrationError, InputError
 from common.manifest import ModelManifest
-from common.schemas import CalibTask
+from common.schemas import CalibTask, JobRecord
 from producer.client import Client
 from producer.inputs import check_inputs, iter_inputs
 from producer.submit import _chunks, _payload, new_job_id, publish_local
-from workers.app import CALIBRATE_TASK
-from workers.calibration import METHODS, PTQ_ALGOS, RECOMMENDED_IMAGES
 
 
 @dataclass(frozen=True)
@@ -45,14 +45,14 @@ def _check(opts: CalibrateOptions) -> None:
     check_inputs(opts.eval_paths)
 
 
-def _upload(client: Client, job_id: str, tag: str, paths: tuple[str, ...], limit: int, batch: int) -> tuple[
-        list[str], int]:
+def _upload(client: Client, job_id: str, evaluation: bool, paths: tuple[str, ...], limit: int, batch: int
+            ) -> tuple[list[str], int]:
     items = iter_inputs(paths)
     if limit:
         items = itertools.islice(items, limit)
     payload_keys, n = [], 0
     for i, chunk in enumerate(_chunks(items, batch)):
-        key = f"{keys.payload(job_id, i)}:{tag}" if tag else keys.payload(job_id, i)
+        key = keys.eval_payload(job_id, i) if evaluation else keys.payload(job_id, i)
         payload = _payload(chunk, n, client.settings.max_file_bytes)
         client.conn.set(key, payload.encode(), ex=client.settings.payload_ttl_s)
         payload_keys.append(key)
@@ -70,14 +70,13 @@ def calibrate(client: Client, opts: CalibrateOptions, job_id: str | None = None)
     batch = min(opts.batch_size, manifest.max_batch_size)
     queue = routing.calibration_queue(opts.method)
     job_id = job_id or new_job_id()
-    client.store.create_job(job_id, {"kind": "calibration", "model": opts.model, "version_id": vid,
-                                     "precision": "int8", "target": "trt" if opts.method == "trt" else "any",
-                                     "queue": queue, "method": opts.method, "algo": opts.algo,
-                                     "batch_size": batch})
+    client.store.create_job(JobRecord(job_id=job_id, kind="calibration", model=opts.model, version_id=vid,
+                                      precision="int8", target="trt" if opts.method == "trt" else "any",
+                                      queue=queue, method=opts.method, algo=opts.algo, batch_size=batch))
     limit = opts.samples or RECOMMENDED_IMAGES[opts.method]
-    calib_keys, n = _upload(client, job_id, "", opts.images, limit, batch)
-    eval_keys, n_eval = _upload(client, job_id, "eval", opts.eval_paths, 0, batch) if opts.eval_paths else ([], 0)
-    client.store.set_fields(job_id, eval_images=str(n_eval))
+    calib_keys, n = _upload(client, job_id, False, opts.images, limit, batch)
+    eval_keys, n_eval = _upload(client, job_id, True, opts.eval_paths, 0, batch) if opts.eval_paths else ([], 0)
+    client.store.set_fields(job_id, eval_images=n_eval)
     client.store.mark_submitted(job_id, n, len(calib_keys))
     task = CalibTask(job_id=job_id, version_id=vid, model=opts.model, method=opts.method, algo=opts.algo,
                      payload_keys=tuple(calib_keys), eval_payload_keys=tuple(eval_keys), batch_size=batch,

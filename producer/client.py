@@ -42,7 +42,7 @@ class Client:
 
     @cached_property
     def app(self) -> Any:
-        from workers.app import make_app
+        from common.celery_app import make_app
 
         return make_app(self.settings, self.url)
 

@@ -10,14 +10,20 @@ from common.repo import quantized_name
 from producer.client import Client
 
 
+def report_of(client: Client, version_id: str) -> dict[str, Any] | None:
+    """The quantization report stored with a version, if a calibration job made one."""
+    raw = client.conn.get(keys.report(version_id))
+    return json.loads(raw) if raw else None
+
+
 def reports_for(client: Client, name: str) -> list[dict[str, Any]]:
     """Reports of every published version of ``name`` and of its quantized sibling, newest first."""
     out = []
     for model in (name, quantized_name(name)):
         for vid in client.artifacts.versions(model):
-            raw = client.conn.get(keys.report(vid))
-            if raw:
-                out.append(json.loads(raw))
+            report = report_of(client, vid)
+            if report:
+                out.append(report)
     return sorted(out, key=lambda r: -r.get("created_s", 0))
 
 

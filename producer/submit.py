@@ -12,7 +12,6 @@ input walk is deterministic and the producer records a cursor after every round 
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import socket
 import time
@@ -21,14 +20,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 from common import catalog, keys, routing
+from common.calibration import available_tables, table_files
+from common.celery_app import INFER_TASK
 from common.errors import InputError, JobError, PrecisionUnsupportedError
 from common.manifest import ModelManifest
-from common.schemas import BatchPayload, BatchTask, PayloadItem
+from common.schemas import BatchPayload, BatchTask, JobRecord, PayloadItem
+from common.spec import calib_key_for
 from producer.client import Client
 from producer.inputs import InputItem, check_inputs, display_path, iter_inputs, read_bytes
-from workers.app import INFER_TASK
-from workers.calibration import available_tables, table_files
-from workers.spec import calib_key_for
 
 BATCHES_PER_ROUND_TRIP = 8
 BACKPRESSURE_POLL_S = 0.05
@@ -107,13 +106,13 @@ def _explain_table_mismatch(client: Client, opts: SubmitOptions) -> None:
             f"{opts.model} --method trt --batch-size {batch} --images DIR`")
 
 
-def job_meta(opts: SubmitOptions, plan: Plan) -> dict[str, object]:
-    return {"model": plan.resolved.name, "requested_model": opts.model,
-            "version_id": plan.resolved.version_id, "precision": opts.precision,
-            "target": plan.resolved.target, "queue": plan.queue, "batch_size": plan.batch_size,
-            "top_k": plan.top_k, "int8_source": plan.resolved.int8_source,
-            "include_outputs": int(opts.include_outputs), "options": json.dumps(asdict(opts)),
-            "producer": f"{socket.gethostname()}:{os.getpid()}"}
+def job_record(job_id: str, opts: SubmitOptions, plan: Plan) -> JobRecord:
+    return JobRecord(job_id=job_id, model=plan.resolved.name, requested_model=opts.model,
+                     version_id=plan.resolved.version_id, precision=opts.precision,  # type: ignore[arg-type]
+                     target=plan.resolved.target, queue=plan.queue,  # type: ignore[arg-type]
+                     batch_size=plan.batch_size, top_k=plan.top_k, int8_source=plan.resolved.int8_source,
+                     include_outputs=opts.include_outputs, options=asdict(opts),
+                     producer=f"{socket.gethostname()}:{os.getpid()}")
 
 
 def submit(client: Client, opts: SubmitOptions, on_batch: Callable[[int], None] | None = None,
@@ -124,7 +123,7 @@ def submit(client: Client, opts: SubmitOptions, on_batch: Callable[[int], None] 
     check_inputs(opts.paths)
     plan = make_plan(client, opts)
     job_id = job_id or new_job_id()
-    if not client.store.create_job(job_id, job_meta(opts, plan)):
+    if not client.store.create_job(job_record(job_id, opts, plan)):
         raise JobError(f"job {job_id} already exists; use `trtbatch submit --resume {job_id}`")
     _send_all(client, job_id, opts, plan, 0, 0, on_batch)
     return job_id
@@ -132,15 +131,16 @@ def submit(client: Client, opts: SubmitOptions, on_batch: Callable[[int], None] 
 
 def resume(client: Client, job_id: str, on_batch: Callable[[int], None] | None = None) -> str:
     """Finish sending an interrupted job's batches (a finished submission is a no-op)."""
-    meta = client.store.meta(job_id)
-    if meta["submit_complete"]:
+    job = client.store.record(job_id)
+    if job.submit_complete:
         return job_id
-    opts = SubmitOptions(**{k: tuple(v) if k == "paths" else v
-                            for k, v in json.loads(meta["options"]).items()})
+    if not job.options:
+        raise JobError(f"job {job_id} is not an inference job submitted by `trtbatch submit`; it cannot be resumed")
+    opts = SubmitOptions(**{k: tuple(v) if k == "paths" else v for k, v in job.options.items()})
     plan = make_plan(client, opts)
-    if plan.resolved.version_id != meta["version_id"]:
+    if plan.resolved.version_id != job.version_id:
         raise JobError(f"model {opts.model} changed since job {job_id} started "
-                       f"({meta['version_id']} -> {plan.resolved.version_id}); submit a new job")
+                       f"({job.version_id} -> {plan.resolved.version_id}); submit a new job")
     progress = client.store.progress(job_id) or {"batches": 0, "images": 0}
     _send_all(client, job_id, opts, plan, progress["batches"], progress["images"], on_batch)
     return job_id

@@ -89,7 +89,7 @@ def worker_env(base: dict[str, str], **extra: str) -> dict[str, str]:
 
 
 def start_worker(env: dict[str, str], name: str, log: Path, *args: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "workers.main", "--device", "cpu", "--name", name, "--threads", "1",
+    cmd = [sys.executable, "-m", "workers.process.main", "--device", "cpu", "--name", name, "--threads", "1",
            "--loglevel", "INFO", *args]
     return subprocess.Popen(cmd, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
                             cwd=str(REPO_ROOT))
@@ -178,9 +178,9 @@ def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.2):
 
 
 def spawn_worker(env: dict[str, str], name: str, log: Path, *args: str) -> subprocess.Popen:
-    """``python -m workers.main`` for one CPU worker in its own session (process group), so a test
+    """``python -m workers.process.main`` for one CPU worker in its own session (process group), so a test
     can kill the main process and its pool together with ``kill_group``."""
-    cmd = [sys.executable, "-m", "workers.main", "--device", "cpu", "--name", name, "--threads", "1",
+    cmd = [sys.executable, "-m", "workers.process.main", "--device", "cpu", "--name", name, "--threads", "1",
            "--loglevel", "INFO", *args]
     return subprocess.Popen(cmd, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
                             cwd=str(REPO_ROOT), start_new_session=True)

@@ -9,6 +9,7 @@ import redis
 
 from common import fleet, keys
 from common.fleet import WorkerInfo
+from common.schemas import SlotState
 
 TTL = 10
 
@@ -46,7 +47,7 @@ def test_publish_and_list(store_conn: redis.Redis) -> None:
     assert 0 < store_conn.ttl(keys.worker("cpu@node1")) <= TTL
 
 
-def _slot(conn: redis.Redis, worker: str, slot: int, state: dict, ttl: int) -> None:
+def _slot(conn: redis.Redis, worker: str, slot: int, state: SlotState, ttl: int) -> None:
     pipe = conn.pipeline()
     fleet.add_slot_state(pipe, worker, slot, state, ttl)
     pipe.execute()
@@ -60,13 +61,12 @@ def _images(conn: redis.Redis, worker: str, n: int) -> None:
 
 def test_slot_states(store_conn: redis.Redis) -> None:
     fleet.publish(store_conn, cpu_worker(), TTL)
-    _slot(store_conn, "cpu@node1", 0, {"pid": 11, "state": "busy", "current_batch": "j:3",
-                                                    "predictors": [{"backend": "cpu", "runs": 2}]}, TTL)
-    _slot(store_conn, "cpu@node1", 2, {"pid": 13, "state": "idle"}, TTL)
+    busy = SlotState(pid=11, state="busy", current_batch="j:3", predictors=({"backend": "cpu", "runs": 2},))
+    _slot(store_conn, "cpu@node1", 0, busy, TTL)
+    _slot(store_conn, "cpu@node1", 2, SlotState(pid=13, state="idle"), TTL)
     (w,) = fleet.live_workers(store_conn, TTL)
-    assert w.slots == [{"pid": 11, "state": "busy", "current_batch": "j:3",
-                        "predictors": [{"backend": "cpu", "runs": 2}]},
-                       {"pid": 13, "state": "idle"}]
+    assert w.slots == [busy, SlotState(pid=13, state="idle")]
+    assert w.slots[0].predictors == ({"backend": "cpu", "runs": 2},) and w.slots[0].current_batch == "j:3"
     assert 0 < store_conn.ttl(keys.worker_slot("cpu@node1", 2)) <= TTL
 
 
@@ -98,7 +98,7 @@ def test_expired_record_is_skipped(store_conn: redis.Redis) -> None:
 
 def test_remove(store_conn: redis.Redis) -> None:
     fleet.publish(store_conn, cpu_worker(), TTL)
-    _slot(store_conn, "cpu@node1", 0, {"state": "idle"}, TTL)
+    _slot(store_conn, "cpu@node1", 0, SlotState(state="idle"), TTL)
     _images(store_conn, "cpu@node1", 1)
     fleet.remove(store_conn, "cpu@node1", slots=2)
     assert fleet.live_workers(store_conn, TTL) == []

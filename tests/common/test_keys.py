@@ -13,6 +13,7 @@ from common import keys
 BUILDERS: dict[str, Callable[..., str]] = {
     name: fn for name, fn in vars(keys).items()
     if inspect.isfunction(fn) and fn.__module__ == keys.__name__ and name != "job_keys"
+    and not name.startswith("parse_")  # parsers read keys back (tested below), they build none
 }
 CONSTANTS = {"JOBS": keys.JOBS, "WORKERS": keys.WORKERS, "BROKER_UNACKED": keys.BROKER_UNACKED,
              "BROKER_UNACKED_INDEX": keys.BROKER_UNACKED_INDEX, "ORPHANS": keys.ORPHANS,
@@ -102,3 +103,11 @@ def test_docstring_mentions_every_family_and_no_stale_one() -> None:
     documented = {family(p) for p in _documented_patterns()}
     built = {family(k) for k in _all_keys().values()}
     assert built == documented
+
+
+def test_parse_payload_reads_back_what_payload_builds() -> None:
+    job_id = "20250101-000000-abcdef12"
+    assert keys.parse_payload(keys.payload(job_id, 17)) == (job_id, 17)
+    assert keys.parse_payload(keys.payload(job_id, 3).encode()) == (job_id, 3)
+    assert keys.parse_payload(keys.eval_payload(job_id, 3)) is None  # evaluation images are no batch
+    assert keys.parse_payload(keys.job(job_id)) is None

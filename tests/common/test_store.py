@@ -9,7 +9,7 @@ import redis
 
 from common import keys
 from common.errors import JobError
-from common.schemas import ResultRecord
+from common.schemas import JobRecord, ResultRecord
 from common.store import JobStore
 
 TTL = 3600
@@ -29,8 +29,9 @@ def rec(index: int, ok: bool = True, error: str = "corrupt or truncated PNG") ->
 
 
 def new_job(store: JobStore, job_id: str = "j", **meta: object) -> str:
-    assert store.create_job(job_id, {"model": "digits", "batch_size": 3, "top_k": 5, "queue": "trtbatch.any.fp32",
-                                     "int8_source": None, **meta})
+    fields = {"model": "digits", "batch_size": 3, "top_k": 5, "queue": "trtbatch.any.fp32", "int8_source": None,
+              **meta}
+    assert store.create_job(JobRecord(job_id=job_id, **fields))  # type: ignore[arg-type]
     return job_id
 
 
@@ -52,8 +53,8 @@ def test_create_job_is_idempotent(store: JobStore) -> None:
     first = store.meta("j")
     assert first["state"] == "submitting" and first["model"] == "digits" and first["batch_size"] == 3
     assert first["done"] == 0 and first["failed"] == 0 and first["submit_complete"] is False
-    assert "int8_source" not in first  # None values are not stored
-    assert store.create_job("j", {"model": "other"}) is False
+    assert first["int8_source"] is None and not store.conn.hexists(keys.job("j"), "int8_source")  # None: not stored
+    assert store.create_job(JobRecord(job_id="j", model="other")) is False
     assert store.meta("j") == first
     assert 0 < store.conn.ttl(keys.job("j")) <= TTL
     assert store.conn.zscore(keys.JOBS, "j") == pytest.approx(first["created_s"])
@@ -103,7 +104,8 @@ def test_job_finishes_when_submitted_before_the_last_batch(store: JobStore) -> N
     store.write_batch("j", 0, [rec(0), rec(1), rec(2)], payload(store, "j", 0))
     assert store.mark_submitted("j", 5, 2) == "queued"
     meta = store.meta("j")
-    assert meta["submit_complete"] is True and "finished_s" not in meta
+    assert meta["submit_complete"] is True and meta["finished_s"] is None
+    assert not store.conn.hexists(keys.job("j"), "finished_s")
     store.write_batch("j", 1, [rec(3), rec(4, ok=False)], payload(store, "j", 1))
     meta = store.meta("j")
     assert meta["state"] == "done" and meta["finished_s"] >= meta["created_s"]
@@ -223,10 +225,10 @@ def test_list_jobs_newest_first_and_prunes_expired(store: JobStore) -> None:
     for job_id in ("a", "b", "c"):
         new_job(store, job_id)
         time.sleep(0.002)
-    assert [j["job_id"] for j in store.list_jobs()] == ["c", "b", "a"]
-    assert [j["job_id"] for j in store.list_jobs(limit=2)] == ["c", "b"]
+    assert [j.job_id for j in store.list_jobs()] == ["c", "b", "a"]
+    assert [j.job_id for j in store.list_jobs(limit=2)] == ["c", "b"]
     store.conn.delete(keys.job("b"))  # what its TTL does
-    assert [j["job_id"] for j in store.list_jobs()] == ["c", "a"]
+    assert [j.job_id for j in store.list_jobs()] == ["c", "a"]
     assert store.conn.zrange(keys.JOBS, 0, -1) == [b"a", b"c"]
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from common import keys
 from common.artifacts import ArtifactStore
 from common.errors import PrecisionUnsupportedError
 from producer import calibrate as calib_lib
@@ -52,13 +53,13 @@ def test_ptq_job_makes_a_quantized_version_with_provenance_and_report(ptq_job):
     meta = final.meta
     assert meta["result_name"] == "digits@int8-ptq"
     assert meta["kind"] == "calibration" and final.done == 200
-    assert json.loads(meta["warnings"]) == []  # 200 images >= the 100 recommended for PTQ
+    assert meta["warnings"] == []  # 200 images >= the 100 recommended for PTQ
     manifest = client.artifacts.manifest(meta["result_version"])
     assert manifest.quantized and manifest.base == "digits"
     prov = manifest.provenance
     assert prov["algo"] == "hist" and prov["samples"] == 200 and prov["method"] == "ptq"
     assert len(prov["calibration_sha256"]) == 64 and prov["paddle_version"] == "2.6.2" and prov["date"]
-    report = json.loads(client.conn.get(f"trtbatch:report:{meta['result_version']}"))
+    report = json.loads(client.conn.get(keys.report(meta["result_version"])))
     rows = {r["precision"]: r for r in report["precisions"]}
     assert set(rows) >= {"fp32", "int8"}
     assert report["eval_images"] == 540 and report["labelled_images"] == 540
@@ -70,13 +71,13 @@ def test_ptq_job_makes_a_quantized_version_with_provenance_and_report(ptq_job):
 
 def test_models_show_prints_the_report(ptq_job, base_env):
     env = worker_env(base_env)
-    out = subprocess.run([sys.executable, "-c", "from producer.cli import main; main()", "models", "show", "digits",
+    out = subprocess.run([sys.executable, "-c", "from cli import main; main()", "models", "show", "digits",
                           "--json"], env=env, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert info["quantized_version"] == "digits@int8-ptq"
     assert info["quantization_reports"][0]["method"] == "ptq"
-    text = subprocess.run([sys.executable, "-c", "from producer.cli import main; main()", "models", "show", "digits"],
+    text = subprocess.run([sys.executable, "-c", "from cli import main; main()", "models", "show", "digits"],
                           env=env, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120).stdout
     assert "report" in text and "int8" in text and "top-1 agree" in text
 
@@ -144,10 +145,12 @@ def test_trt_table_flow_around_the_tensorrt_step(client, digits, tmp_path, monke
     only `run_trt_calibration` replaced by what Paddle does in that step - writing
     <model dir>/_opt_cache/trt_calib_<key> when the predictor is destroyed. Then a second "machine"
     (another artifact cache) installs the table where Paddle reads it."""
-    from common.schemas import CalibTask
-    from workers import calibration, calibration_task
-    from workers.context import WorkerIdentity, make_slot_context
-    from workers.spec import NodeInfo, build_spec
+    from common import calibration
+    from common.schemas import CalibTask, JobRecord
+    from common.spec import NodeInfo, build_spec
+    from workers.engines import quantize
+    from workers.pipeline import calibration as calibration_task
+    from workers.pipeline.context import WorkerIdentity, make_slot_context
 
     node = NodeInfo(cuda=True, trt_compile_version=(8, 5, 3), trt_runtime=True, gpu_count=1, gpu_name="H100",
                     gpu_compute_capability="9.0", paddle_version="2.6.2")
@@ -166,7 +169,7 @@ def test_trt_table_flow_around_the_tensorrt_step(client, digits, tmp_path, monke
         cache.mkdir()
         (cache / "trt_calib_13271834409125512907").write_bytes(b"TRT-8503-EntropyCalibration2\nx: 3c010a14\n")
 
-    monkeypatch.setattr(calibration, "run_trt_calibration", tensorrt_step)
+    monkeypatch.setattr(quantize, "run_trt_calibration", tensorrt_step)
     # a model of its own, so no quantized sibling from other tests can serve its INT8 jobs
     from common.repo import ModelRepository
 
@@ -174,9 +177,9 @@ def test_trt_table_flow_around_the_tensorrt_step(client, digits, tmp_path, monke
     repo.install(digits["repo"] / "digits", ModelRepository(digits["repo"]).load("digits").with_updates(name="dtrt"))
     vid = client.artifacts.publish_version("dtrt", repo.dir("dtrt"))
     job_id = "trt-flow-test"
-    client.store.create_job(job_id, {"kind": "calibration", "model": "dtrt"})
+    client.store.create_job(JobRecord(job_id=job_id, kind="calibration", model="dtrt"))
     calib = subset_manifest(digits["labels"], tmp_path / "c.csv", 0, 70)
-    keys_, n = calib_lib._upload(client, job_id, "", (str(calib),), 0, 16)
+    keys_, n = calib_lib._upload(client, job_id, False, (str(calib),), 0, 16)
     task = CalibTask(job_id=job_id, version_id=vid, model="dtrt", method="trt", algo="", payload_keys=tuple(keys_),
                      batch_size=16, samples=500)
     result = calibration_task.run_calibration(ctx, task)
@@ -203,4 +206,4 @@ def test_trt_table_flow_around_the_tensorrt_step(client, digits, tmp_path, monke
         plan = submit.make_plan(client, submit.SubmitOptions(paths=("x",), model="dtrt", precision="int8",
                                                              target=target, batch_size=16))
         assert plan.resolved.int8_source == "trt-calib" and plan.queue == "trtbatch.trt.int8"
-    client.conn.delete(f"trtbatch:calib:{vid}:{serving.calib_key()}")
+    client.conn.delete(keys.calib_table(vid, serving.calib_key()))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -31,6 +32,7 @@ import psutil
 import pytest
 
 from common import keys
+from common.celery_app import INFER_TASK
 from common.config import Settings
 from common.schemas import ResultRecord
 from producer import jobs, submit
@@ -50,11 +52,10 @@ from tests.helpers import (
     worker_env,
     written_batches,
 )
-from workers.app import INFER_TASK
-from workers.orphans import message_batch
+from workers.process.orphans import message_batch
 
 pytestmark = pytest.mark.integration
-CLI = [sys.executable, "-c", "from producer.cli import main; main()"]
+CLI = [sys.executable, "-c", "from cli import main; main()"]
 
 
 @dataclass
@@ -223,6 +224,16 @@ def queued_batches(fx: Faults, job_id: str) -> list[int]:
     return out
 
 
+def wait_all_acked(fx: Faults, job_id: str, timeout_s: float = 60) -> None:
+    """Until no message of the job is queued or unacked. A retry is published before the message it
+    retries is acked, so once this holds no retry of the job exists, and delivery counts are final."""
+    def settled() -> bool:
+        unacked = {jb[0] for jb in unacked_batches(fx.conn).values()}
+        return not queued_batches(fx, job_id) and job_id not in unacked
+
+    wait_until(settled, timeout_s, f"every message of job {job_id} to be acked")
+
+
 def missing_report(fx: Faults, job_id: str) -> str:
     """Where the unwritten batches of a stuck job are: queued, unacked, or nowhere."""
     meta = fx.client.store.meta(job_id)
@@ -234,6 +245,38 @@ def missing_report(fx: Faults, job_id: str) -> str:
     rows = [f"batch {b}: deliveries={counts.get(b, 0)} unacked={b in unacked} queued={b in queued} "
             f"payload={bool(fx.conn.exists(keys.payload(job_id, b)))}" for b in missing]
     return f"{len(missing)} batches never written:\n" + "\n".join(rows[:20])
+
+
+def running_batches_of(fx: Faults, procs: dict[str, subprocess.Popen], name: str) -> set[int]:
+    """Batches this very worker process's pool is running now (its slots' current batch)."""
+    proc = procs[name]
+    if not serving(fx.conn, name, proc.pid):
+        return set()
+    try:
+        children = {c.pid for c in psutil.Process(proc.pid).children()}
+    except psutil.Error:
+        return set()
+    return {int(s["current_batch"].rsplit(":", 1)[1]) for s in slot_states(fx.conn, name).values()
+            if s.get("current_batch") and s.get("pid") in children}
+
+
+def wait_tracking_losses(fx: Faults, job_id: str, lost: LostBatches, cond, timeout_s: float, what: str):
+    """Wait for ``cond`` while recording which killed batches came back; the job must not finish first."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := cond()):
+        lost.poll()
+        assert fx.client.store.job_state(job_id) != "done", \
+            f"the job finished after only {len(lost.kills)} kills; make it bigger"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
+
+
+def print_kills(lost: LostBatches) -> None:
+    for k, kill in enumerate(lost.kills):
+        print(f"kill {k} {kill['victim']}: running {sorted(kill['running'])}, in flight {sorted(kill['in_flight'])} "
+              f"(no message: {sorted(kill['vanished'])}), back after "
+              f"{sorted(round(s, 1) for s in kill['back_s'].values())}")
 
 
 @pytest.mark.slow
@@ -256,27 +299,8 @@ def test_sigkill_chaos_loses_and_repeats_nothing(faults, digits):
     wait_until(lambda: fx.conn.exists(keys.job(job_id)), 60, "the job to exist", 0.05)
     lost = LostBatches(fx.conn, job_id, fx.client.store.meta(job_id)["queue"])
 
-    def running_batches(name: str) -> set[int]:
-        """Batches this very worker process's pool is running now (its slots' current batch)."""
-        proc = procs[name]
-        if not serving(fx.conn, name, proc.pid):
-            return set()
-        try:
-            children = {c.pid for c in psutil.Process(proc.pid).children()}
-        except psutil.Error:
-            return set()
-        return {int(s["current_batch"].rsplit(":", 1)[1]) for s in slot_states(fx.conn, name).values()
-                if s.get("current_batch") and s.get("pid") in children}
-
-    def tracked_wait(cond, timeout_s: float, what: str):
-        deadline = time.monotonic() + timeout_s
-        while not (value := cond()):
-            lost.poll()
-            assert fx.client.store.job_state(job_id) != "done", \
-                f"the job finished after only {len(lost.kills)} kills; make it bigger"
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.05)
-        return value
+    running_batches = functools.partial(running_batches_of, fx, procs)
+    tracked_wait = functools.partial(wait_tracking_losses, fx, job_id, lost)
 
     for k in range(KILLS):
         victim, other = names[k % 2], names[1 - k % 2]
@@ -292,10 +316,7 @@ def test_sigkill_chaos_loses_and_repeats_nothing(faults, digits):
     while (lost.pending or fx.client.store.job_state(job_id) != "done") and time.monotonic() < deadline:
         lost.poll()
         time.sleep(0.1)
-    for k, kill in enumerate(lost.kills):
-        print(f"kill {k} {kill['victim']}: running {sorted(kill['running'])}, in flight {sorted(kill['in_flight'])} "
-              f"(no message: {sorted(kill['vanished'])}), back after "
-              f"{sorted(round(s, 1) for s in kill['back_s'].values())}")
+    print_kills(lost)
     assert fx.client.store.job_state(job_id) == "done", missing_report(fx, job_id)
     final = jobs.wait(fx.client, job_id, timeout_s=5)
     elapsed = time.monotonic() - started
@@ -518,7 +539,7 @@ def test_model_corrupted_in_redis_fails_at_once(faults, digits, tmp_path):
         assert f"artifact blob {sha[:12]} is corrupt (sha256 mismatch)" in rec.error
     assert written_batches(fx.conn, job_id) == dict.fromkeys(range(3), "failed:bad_model")
     assert final.meta["batches_dead"] == 0
-    time.sleep(2)  # a retry would come after retry_backoff_s (0.5 s): give it four times that
+    wait_all_acked(fx, job_id)  # a retry would be queued before its original is acked
     assert deliveries(fx.conn, job_id) == dict.fromkeys(range(3), 1)
     assert not (cache / "models" / vid / ".complete").exists()
     assert proc.poll() is None
@@ -539,7 +560,7 @@ def test_precision_the_node_cannot_build_fails_at_once(faults, digits):
         assert not rec.ok and rec.error_code == "precision_unsupported", rec
         assert "cannot build a trt/fp16 predictor here" in rec.error and "without CUDA" in rec.error
     assert written_batches(fx.conn, job_id) == dict.fromkeys(range(2), "failed:precision_unsupported")
-    time.sleep(2)  # a retry would come after retry_backoff_s (0.5 s): give it four times that
+    wait_all_acked(fx, job_id)  # a retry would be queued before its original is acked
     assert deliveries(fx.conn, job_id) == dict.fromkeys(range(2), 1)
     assert proc.poll() is None
 

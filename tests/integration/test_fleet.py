@@ -17,12 +17,13 @@ import pytest
 
 from common import fleet, keys
 from common.config import Settings
+from common.schemas import BatchTimings
 from producer import jobs, submit
 from producer.client import Client
 from tests.helpers import REPO_ROOT, RedisServer, worker_env
 
 pytestmark = pytest.mark.integration
-CLI = [sys.executable, "-c", "from producer.cli import main; main()"]
+CLI = [sys.executable, "-c", "from cli import main; main()"]
 
 
 def free_port() -> int:
@@ -81,9 +82,9 @@ def test_warm_start_fleet_view_check_and_expiry(fleet_env, digits):
         slots = info.slots
         assert len(slots) == 2
         for slot in slots:
-            assert slot["warm"][0]["build_s"] > 0 and slot["warm"][0]["precision"] == "fp32"
-        first_batch = min(json.loads(v)[0] for v in client.conn.hvals(keys.job_timings(job_id)))
-        assert first_batch >= max(s["ready_s"] for s in slots)
+            assert slot.warm[0]["build_s"] > 0 and slot.warm[0]["precision"] == "fp32"
+        first_batch = min(BatchTimings.decode(v).started_s for v in client.conn.hvals(keys.job_timings(job_id)))
+        assert first_batch >= max(s.ready_s for s in slots)
         # the fleet view
         out = cli(env, "workers", "--json")
         assert out.returncode == 0, out.stderr

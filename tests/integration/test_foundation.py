@@ -45,7 +45,7 @@ def test_digits_accuracy_end_to_end(client, cpu_worker, digits):
 
 def test_outputs_equal_a_direct_predictor(client, cpu_worker, digits):
     """The worker's raw outputs equal a plain paddle.inference predictor run on the same arrays."""
-    from workers.selftest import plain_outputs
+    from workers.engines.selftest import reference_outputs
 
     files = sorted(digits["images"].glob("digit_00[0-3]*.png"))[:40]
     _, final, records = run_job(client, files, include_outputs=True, batch_size=16)
@@ -53,7 +53,7 @@ def test_outputs_equal_a_direct_predictor(client, cpu_worker, digits):
     manifest = ModelManifest.load(digits["repo"] / "digits")
     pre = Preprocessor(manifest.preprocess, manifest.input.chw, max_pixels=10**8)
     batch = np.stack([pre(f.read_bytes()).array for f in files])
-    expected = plain_outputs(digits["repo"] / "digits", batch, input_name=manifest.input.name)
+    expected = reference_outputs(digits["repo"] / "digits", batch)
     got = np.array([next(iter(r.outputs.values())) for r in records], dtype=np.float32)
     assert got.shape == expected.shape
     assert float(np.abs(got - expected).max()) <= 1e-5
@@ -98,8 +98,8 @@ def test_bad_inputs_fail_alone(client, cpu_worker, digits, workdir: Path):
 
 def test_tensorrt_int8_on_a_node_without_tensorrt_fails_clearly(client, cpu_worker, digits, workdir):
     """A TensorRT INT8 batch reaching a CPU-only node fails at once, permanently, with the reason."""
-    from workers.calibration import publish_tables
-    from workers.spec import NodeInfo, build_spec
+    from common.calibration import publish_tables
+    from common.spec import NodeInfo, build_spec
 
     artifacts = ArtifactStore(client.conn)
     vid = artifacts.publish_version("digits", digits["repo"] / "digits")

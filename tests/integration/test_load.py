@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from producer.bench_load import small_images
-from producer.bench_support import PeakSampler, rss_sampler
+from bench.load import small_images
+from bench.support import PeakSampler, rss_sampler
+from common import keys
 from tests.helpers import REPO_ROOT, RedisServer, running_worker, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -37,7 +38,7 @@ def test_a_100k_image_job_completes_with_bounded_memory(digits, session_dirs):
             worker_rss.start()
             redis_mem.start()
             started = time.monotonic()
-            proc = subprocess.Popen([sys.executable, "-c", "from producer.cli import main; main()", "submit",
+            proc = subprocess.Popen([sys.executable, "-c", "from cli import main; main()", "submit",
                                      str(images), "-m", "digits", "-b", "64", "--wait", "--json"], env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT)
             producer_rss = rss_sampler(proc.pid)
@@ -51,8 +52,8 @@ def test_a_100k_image_job_completes_with_bounded_memory(digits, session_dirs):
                    **{f"{k}_peak_mb": round(v / MB, 1) for k, v in peaks.items()}}
         print("load figures:", json.dumps(figures))
         assert status["state"] == "done" and status["done"] == N_IMAGES and status["failed"] == 0
-        assert conn.hlen(f"trtbatch:job:{status['job_id']}:results") == N_IMAGES
-        assert not list(conn.scan_iter(match="trtbatch:payload:*"))  # every claim-check was consumed
+        assert conn.hlen(keys.job_results(status["job_id"])) == N_IMAGES
+        assert not list(conn.scan_iter(match=keys.payload("*", "*")))  # every claim-check was consumed
         # bounded: the producer streams (no per-image state), the worker holds a few batches,
         # Redis holds the results (~0.4 KB each) plus at most max_inflight_batches payloads
         assert peaks["producer"] < 200 * MB, figures

@@ -16,15 +16,16 @@ from pathlib import Path
 import pytest
 import redis
 
+from common import keys
 from common.config import Settings
-from common.schemas import ResultRecord
+from common.schemas import JobRecord, ResultRecord
 from common.store import JobStore
 from producer import jobs
 from producer.client import Client
 from tests.conftest import STORE_DB
 from tests.helpers import REPO_ROOT, RedisServer
 
-ENTRY = "from producer.cli import main; main()"
+ENTRY = "from cli import main; main()"
 JOB = "20990101-000000-e4907a75"
 
 HOSTILE = [
@@ -55,12 +56,12 @@ def store_client(redis_server: RedisServer, store_conn: redis.Redis) -> Iterator
 def make_job(conn: redis.Redis, paths: list[str], job_id: str = JOB) -> str:
     """A finished job whose records carry ``paths``, written the way workers write them."""
     store = JobStore(conn, 3600)
-    assert store.create_job(job_id, {"model": "digits", "version_id": "v1", "precision": "fp32", "target": "any",
-                                     "queue": "trtbatch.any.fp32"})
+    assert store.create_job(JobRecord(job_id=job_id, model="digits", version_id="v1", precision="fp32", target="any",
+                                      queue="trtbatch.any.fp32"))
     records = [ResultRecord(index=i, path=p, ok=i % 5 != 4, error=None if i % 5 != 4 else "bad image",
                             top_k=[{"label": str(i % 10), "index": i % 10, "score": 0.9}], job_id=job_id)
                for i, p in enumerate(paths)]
-    store.write_batch(job_id, 0, records, f"trtbatch:payload:{job_id}:0")
+    store.write_batch(job_id, 0, records, keys.payload(job_id, 0))
     assert store.mark_submitted(job_id, len(paths), 1) == "done"
     return job_id
 

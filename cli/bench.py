@@ -1,0 +1,98 @@
+"""``trtbatch bench``, ``bench-precision``, ``bench-load``: the benchmarks of bench/."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from cli.util import Context, pass_ctx
+
+
+@click.command()
+@click.option("-m", "--model", default="resnet50", show_default=True,
+              help="Repository model (made with `models make` if missing: digits or a paddle.vision arch).")
+@click.option("-p", "--precision", type=click.Choice(["fp32", "int8", "bf16", "fp16"]), default="fp32",
+              show_default=True)
+@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("-d", "--device", default="cpu", show_default=True, help="cpu or gpu:N")
+@click.option("-t", "--threads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Predictor threads (CPU).")
+@click.option("--decode-threads", type=click.IntRange(min=0), default=0, help="Worker decode threads (0: auto).")
+@click.option("--slots", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--overlap-decode", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Decode the next batch while one runs (worker setting overlap_decode).")
+@click.option("-n", "--images", type=click.IntRange(min=16), default=960, show_default=True,
+              help="End-to-end images (a long job shows the steady rate, not start-up).")
+@click.option("--naive-images", type=click.IntRange(min=8), default=160, show_default=True)
+@click.option("--image-size", type=click.IntRange(min=16), default=256, show_default=True)
+@click.option("--bare-seconds", type=float, default=10.0, show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also append the JSON line to this file.")
+@pass_ctx
+def bench(ctx: Context, model: str, precision: str, batch_size: int, device: str, threads: int,
+          decode_threads: int, slots: int, overlap_decode: str, images: int, naive_images: int, image_size: int,
+          bare_seconds: float, output: str | None) -> None:
+    """Measure bare predictor, end-to-end and naive-baseline images/s in one run; print one JSON line."""
+    from bench.throughput import BenchOptions, run
+
+    opts = BenchOptions(model=model, precision=precision, batch_size=batch_size, device=device, threads=threads,
+                        decode_threads=decode_threads, slots=slots, overlap_decode=overlap_decode, images=images,
+                        naive_images=naive_images, image_size=image_size, bare_seconds=bare_seconds)
+    line = json.dumps(run(opts, ctx.settings), sort_keys=True)
+    click.echo(line)
+    if output:
+        with open(output, "a") as fh:
+            fh.write(line + "\n")
+    sys.stdout.flush()
+
+
+@click.command("bench-precision")
+@click.option("-m", "--model", "models", multiple=True, default=("resnet50", "mobilenet_v2"), show_default=True)
+@click.option("-p", "--precision", "precisions", multiple=True, default=None,
+              help="Default: fp32, int8, and bf16 when this CPU has AVX512-BF16/AMX.")
+@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("-t", "--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("-n", "--images", type=click.IntRange(min=16), default=960, show_default=True,
+              help="End-to-end images (a long job shows the steady rate, not start-up).")
+@click.option("--bare-seconds", type=float, default=10.0, show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also append the JSON line to this file.")
+@pass_ctx
+def bench_precision(ctx: Context, models: tuple[str, ...], precisions: tuple[str, ...], batch_size: int, threads: int,
+                    images: int, bare_seconds: float, output: str | None) -> None:
+    """FP32 vs INT8 vs bf16 on CPU (bare and end to end) plus digits accuracy; one JSON line."""
+    from bench.precision import run
+    from bench.throughput import BenchOptions
+    from workers.engines.probe import cpu_bf16
+
+    chosen = list(precisions) or (["fp32", "int8", "bf16"] if cpu_bf16() else ["fp32", "int8"])
+    opts = BenchOptions(batch_size=batch_size, threads=threads, images=images, bare_seconds=bare_seconds)
+    line = json.dumps(run(list(models), chosen, opts, ctx.settings), sort_keys=True)
+    click.echo(line)
+    if output:
+        with open(output, "a") as fh:
+            fh.write(line + "\n")
+
+
+@click.command("bench-load")
+@click.option("-n", "--images", "sizes", multiple=True, type=click.IntRange(min=64), default=(10000, 100000),
+              show_default=True, help="Job sizes (repeatable).")
+@click.option("-t", "--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also append the JSON line to this file.")
+@pass_ctx
+def bench_load(ctx: Context, sizes: tuple[int, ...], threads: int, output: str | None) -> None:
+    """Small-image jobs of several sizes: wall time and peak memory of producer, worker, Redis."""
+    from bench.load import run
+    from bench.throughput import BenchOptions
+
+    line = json.dumps(run(sorted(sizes), BenchOptions(threads=threads), ctx.settings), sort_keys=True)
+    click.echo(line)
+    if output:
+        with open(output, "a") as fh:
+            fh.write(line + "\n")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(bench)
+    group.add_command(bench_precision)
+    group.add_command(bench_load)

@@ -1,0 +1,78 @@
+"""GPU numerical self-test: never serve silently wrong results.
+
+paddlepaddle-gpu 2.6.2 (CUDA 11.8 build) lacks kernels for compute capability 9.0: on H100/H200
+its predictors run, fast, and return garbage (measured on H200: ResNet50 logits with relative
+error 1.0 against the CPU, and different garbage with IR optimisation on or off). A GPU worker
+therefore runs a small conv/BN/ReLU/linear network through Paddle Inference on the CPU and on its
+GPU at start, and compares. ``gpu_selftest`` (setting): ``enforce`` refuses to start a worker whose
+GPU disagrees, ``warn`` starts it with the finding in its fleet record, ``off`` skips the test.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from common.spec import PredictorSpec
+from workers import engines
+from workers.engines.paddle_import import paddle
+
+TOLERANCE = 1e-3  # relative L2; FP32 (TF32 convolutions included) lands far below
+CANARY_SHAPE = (-1, 3, 32, 32)
+
+
+def _canary(dest: Path) -> None:
+    pd = paddle()
+    pd.set_device("cpu")
+    pd.seed(7)
+    nn = pd.nn
+    net = nn.Sequential(
+        nn.Conv2D(3, 16, 3, padding=1), nn.BatchNorm2D(16), nn.ReLU(),
+        nn.Conv2D(16, 16, 3, padding=1), nn.BatchNorm2D(16), nn.ReLU(),
+        nn.MaxPool2D(2), nn.Flatten(), nn.Linear(16 * 16 * 16, 10))
+    for layer in net.sublayers():
+        if isinstance(layer, nn.BatchNorm2D):
+            layer._mean.set_value(pd.rand(layer._mean.shape) - 0.5)
+            layer._variance.set_value(pd.rand(layer._variance.shape) + 0.5)
+    net.eval()
+    spec = pd.static.InputSpec([None, *CANARY_SHAPE[1:]], "float32", name="x")
+    pd.jit.save(net, str(dest / "inference"), input_spec=[spec])
+
+
+def reference_spec(input_shape: tuple[int, ...], gpu: bool = False, threads: int = 1) -> PredictorSpec:
+    """An FP32 spec with nothing of a job's tuning: the reference that worker outputs are compared
+    with (CPU) and that a GPU must agree with (GPU: native CUDA, no TensorRT)."""
+    if gpu:
+        return PredictorSpec(version_id="reference", backend="gpu", precision="fp32", device="gpu",
+                             gpu_memory_pool_mb=64, input_shape=tuple(input_shape))
+    return PredictorSpec(version_id="reference", backend="cpu", precision="fp32", device="cpu",
+                         cpu_threads=threads, input_shape=tuple(input_shape))
+
+
+def reference_outputs(model_dir: Path, x: np.ndarray, gpu: bool = False) -> np.ndarray:
+    """The first output of an FP32 reference predictor (``reference_spec``) on ``x``."""
+    spec = reference_spec((-1, *x.shape[1:]), gpu)
+    with tempfile.TemporaryDirectory() as opt:
+        predictor = engines.build(spec, model_dir, Path(opt))
+        try:
+            return next(iter(predictor.run(x).values()))
+        finally:
+            predictor.close()
+
+
+def gpu_selftest() -> tuple[bool, str]:
+    """(agrees, detail) for GPU 0 of this process against the CPU."""
+    x = np.random.default_rng(3).standard_normal((4, *CANARY_SHAPE[1:])).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        _canary(folder)
+        ref = reference_outputs(folder, x)
+        try:  # engines.build rebuilds a GPU predictor whose first run fails (Hopper with this build)
+            got = reference_outputs(folder, x, gpu=True)
+        except Exception as exc:
+            return False, f"GPU predictor failed: {str(exc).strip().splitlines()[0][:200]}"
+    rel = float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-12))
+    detail = f"relative L2 error of a conv/BN/ReLU/linear canary, GPU vs CPU: {rel:.3g} (tolerance {TOLERANCE})"
+    return bool(np.isfinite(rel) and rel <= TOLERANCE), detail

@@ -1,0 +1,149 @@
+"""One Celery worker bound to one device: ``python -m workers.process.main --device cpu|gpu --name ...``.
+
+Started by the launcher (``trtbatch worker``), which pins ``CUDA_VISIBLE_DEVICES`` for GPU
+workers. This process never loads an engine: it probes the node in a subprocess, picks its
+queues from what the node can serve, and starts ``--slots`` pool processes that each build their
+own predictors (workers/process/runtime.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import uuid
+
+from common import redisconn
+from common.celery_app import make_app
+from common.config import Settings
+from common.errors import ConfigError, TrtbatchError
+from common.routing import worker_queues
+from workers.engines import probe
+from workers.engines.paddle_engine import set_openmp_env
+from workers.pipeline.context import IDENTITY_ENV, WorkerIdentity
+from workers.pipeline.tasks import register
+from workers.process import health, metrics, runtime
+from workers.process.heartbeat import HeartbeatStep
+from workers.process.lease import LeaseStep
+from workers.process.orphans import OrphanStep
+from workers.process.warm import WarmGate
+
+log = logging.getLogger("trtbatch.worker")
+
+
+def build_identity(settings: Settings, args: argparse.Namespace) -> WorkerIdentity:
+    gpu = args.device == "gpu"
+    if settings.gpu_selftest not in ("enforce", "warn", "off"):
+        raise ConfigError(f"gpu_selftest must be enforce, warn or off, got {settings.gpu_selftest!r}")
+    node = probe.detect_in_subprocess(gpu=gpu, selftest=gpu and settings.gpu_selftest != "off")
+    if gpu and not node.capabilities("gpu"):
+        raise ConfigError(f"--device gpu:{args.gpu_index}: {node.why_not('gpu', 'fp32')}")
+    if gpu and node.gpu_selftest_ok is False:
+        message = (f"GPU {args.gpu_index} ({node.gpu_name}, compute capability {node.gpu_compute_capability}) gives "
+                   f"wrong results with Paddle {node.paddle_version}: {node.gpu_selftest}. This Paddle build has no "
+                   f"kernels for this GPU; install a build that supports it (see docs/operations.md)")
+        if settings.gpu_selftest == "enforce":
+            raise ConfigError(message + "; refusing to start (TRTBATCH_GPU_SELFTEST=warn overrides)")
+        log.warning("%s; starting anyway because gpu_selftest=warn", message)
+    caps = frozenset(node.capabilities(args.device))
+    queues = worker_queues(caps)
+    for extra in args.queues or []:
+        if extra not in queues:
+            queues.append(extra)
+    threads = args.threads or settings.cpu_threads or (os.cpu_count() or 1)
+    prefix = f"gpu{args.gpu_index}" if gpu else "cpu"
+    name = args.name or f"{prefix}@{socket.gethostname()}"
+    lock = settings.cache_dir / "locks" / f"{name.replace('/', '_')}.lock"
+    slots = args.slots or settings.pipeline_slots
+    # GPU: the slots share one device under a lock, decoding on many threads while the other slot
+    # infers. CPU: the cores are split between the slots, one predictor per slot (measured faster than
+    # one predictor on all cores, and decoding then never preempts a predictor's OpenMP threads).
+    predictor_threads = threads if gpu else max(1, threads // slots)
+    decode_threads = args.decode_threads or settings.decode_threads or (threads if gpu else predictor_threads)
+    return WorkerIdentity(name=name, device=args.device, gpu_index=args.gpu_index if gpu else None,
+                          cpu_threads=threads, slots=slots, decode_threads=decode_threads,
+                          overlap_decode=overlap(settings.overlap_decode, gpu, threads, decode_threads),
+                          predictor_threads=predictor_threads, shared_device=gpu or slots == 1,
+                          capabilities=caps, queues=tuple(queues), node=node, lock_path=str(lock),
+                          warm=tuple(args.warm or ()), start_id=uuid.uuid4().hex[:12])
+
+
+def overlap(setting: str, gpu: bool, threads: int, decode_threads: int) -> bool:
+    """Decode batch k+1 while batch k runs? Always on GPU workers. On CPU workers only when the
+    predictor leaves cores free: with every core in the predictor, concurrent decoding makes its
+    OpenMP threads straggle at each barrier and costs more than it hides (measured, see README)."""
+    if setting not in ("auto", "on", "off"):
+        raise ConfigError(f"overlap_decode must be auto, on or off, got {setting!r}")
+    if setting != "auto":
+        return setting == "on"
+    return gpu or threads + decode_threads <= (os.cpu_count() or 1)
+
+
+def start_method(setting: str, device: str) -> str:
+    """How pool processes start. GPU workers spawn fresh interpreters, so no CUDA or Paddle state can
+    cross a fork (on H200 the first GPU build in a forked pool process hit CUDA error 209). CPU
+    workers fork (faster start)."""
+    if setting not in ("auto", "fork", "spawn"):
+        raise ConfigError(f"pool_start_method must be auto, fork or spawn, got {setting!r}")
+    if setting != "auto":
+        return setting
+    return "spawn" if device == "gpu" else "fork"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m workers.process.main")
+    p.add_argument("--device", choices=("cpu", "gpu"), required=True)
+    p.add_argument("--gpu-index", type=int, default=0, help="physical GPU index (for records)")
+    p.add_argument("--name")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--decode-threads", type=int, default=0)
+    p.add_argument("--slots", type=int, default=0)
+    p.add_argument("--queues", action="append")
+    p.add_argument("--warm", action="append")
+    p.add_argument("--loglevel", default=None)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    settings = Settings.from_env()
+    set_openmp_env()  # before any pool process imports Paddle
+    level = (args.loglevel or settings.log_level).upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
+    try:
+        # configuration first (pickle, credentials, TLS): refuse before probing the hardware
+        url = redisconn.resolve_url(settings)
+        app = make_app(settings, url, accept_content=settings.celery_accept_content.split(","),
+                       worker_pool_start_method=start_method(settings.pool_start_method, args.device))
+        redisconn.check_access(settings, url)
+        ident = build_identity(settings, args)
+        if settings.metrics_port:
+            metrics.prepare_dir(settings.state_dir, ident.name)
+        runtime.configure(settings, ident)
+        os.environ[IDENTITY_ENV] = ident.encode()
+    except TrtbatchError as exc:
+        log.error("%s", exc)
+        return 2
+    register(app)
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port, redisconn.client(settings), ident.name, ident.queues)
+    health.write_pidfile(settings, ident.name, settings.metrics_port)
+    app.steps["consumer"].add(LeaseStep)
+    app.steps["consumer"].add(OrphanStep)
+    app.steps["consumer"].add(HeartbeatStep)
+    app.steps["worker"].add(WarmGate)
+    log.info("worker %s on %s serving %s", ident.name, ident.device_label, ", ".join(ident.queues))
+    worker = app.Worker(hostname=ident.name, pool_cls="prefork", concurrency=ident.slots,
+                        queues=list(ident.queues), loglevel=level, optimization="fair",
+                        without_heartbeat=True, without_mingle=True, without_gossip=True)
+    try:
+        worker.start()
+    finally:
+        health.remove_pidfile(settings, ident.name)
+    return int(worker.exitcode or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The Celery signal handlers that turn a pool process into a pipeline slot.
+
+The main process calls ``configure`` before the pool starts; each pool process builds its
+``SlotContext`` (workers/pipeline/context.py) in ``worker_process_init`` - the first moment an
+engine may load - and warms the predictors named by ``--warm`` before it takes a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from common.config import Settings
+from workers.pipeline import context
+from workers.pipeline.context import IDENTITY_ENV, WorkerIdentity, make_slot_context
+
+log = logging.getLogger("trtbatch.runtime")
+
+
+def configure(settings: Settings, identity: WorkerIdentity) -> None:
+    context.configure(settings, identity)
+
+
+def _slot_index() -> int:
+    try:
+        from billiard.process import current_process
+
+        return int(getattr(current_process(), "index", 0) or 0)
+    except Exception:  # pragma: no cover
+        return 0
+
+
+def _observer() -> context.SlotObserver | None:
+    from workers.process import metrics
+
+    return metrics.observer(context.configured()[1].name)
+
+
+@worker_process_init.connect
+def _init_child(**_: Any) -> None:
+    """Build this pool process's slot context: engines are first loaded here."""
+    if os.environ.get(IDENTITY_ENV):
+        try:
+            context.configured()
+        except RuntimeError:  # a spawned pool process: rebuild from the environment
+            configure(Settings.from_env(), WorkerIdentity.decode(os.environ[IDENTITY_ENV]))
+    try:
+        settings, identity = context.configured()
+    except RuntimeError:
+        return
+    from workers import engines
+
+    engines.preload(identity.device)  # load once, now, so the first batch does not pay for it
+    # Shutdown is the main process's business: it stops taking work and lets each pool process
+    # finish its batch. A SIGTERM sent to the whole process group (systemd's default KillMode,
+    # `kill -- -PGID`, a terminal) would otherwise kill a pool process mid-batch and the batch would
+    # run again elsewhere. Set after loading the engines (Paddle installs its own SIGTERM handler). Hard
+    # time limits still end a stuck pool process (Celery follows TERM with KILL).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ctx = make_slot_context(settings, identity, _slot_index(), _observer())
+    context.install(ctx)
+    # current_batch=None: a pool process replacing one that died mid-batch must not show its batch
+    ctx.publish_state(state="warming" if identity.warm else "ready", started_s=time.time(),
+                      start_id=identity.start_id, current_batch=None)
+    if identity.warm:
+        from workers.process.warm import warm_all
+
+        warm_all(ctx, identity.warm)
+    ctx.publish_state(state="ready", ready_s=time.time())
+    log.info("slot %d ready (pid %d)", ctx.slot, os.getpid())
+
+
+@worker_process_shutdown.connect
+def _shutdown_child(pid: int | None = None, **_: Any) -> None:
+    from workers.process import metrics
+
+    metrics.mark_dead(pid or os.getpid())
+    try:
+        ctx = context.current()
+    except RuntimeError:
+        return
+    ctx.predictors.close()
+    ctx.pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,94 @@
+"""Warm start: build and exercise predictors before the worker takes any batch.
+
+``trtbatch worker --warm digits:fp32 --warm resnet50:int8:32`` - each entry is
+``MODEL[:PRECISION[:BATCH]]``. Every pool process builds those predictors in
+``worker_process_init`` (TensorRT engines come from the engine cache when present) and reports
+the build and warm-up times in its slot record; the ``WarmGate`` worker step holds the consumer
+back until every slot is ready, so no batch waits behind a cold build.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from celery import bootsteps
+
+from common import catalog, fleet, redisconn
+from common.routing import choose_backend
+from workers.pipeline import context
+from workers.pipeline.context import SlotContext
+from workers.pipeline.predictors import load_manifest, predictor_for_spec
+
+log = logging.getLogger("trtbatch.warm")
+
+
+@dataclass(frozen=True)
+class WarmRequest:
+    model: str
+    precision: str = "fp32"
+    batch_size: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> WarmRequest:
+        parts = text.split(":")
+        if not parts[0] or len(parts) > 3:
+            raise ValueError(f"--warm {text!r}: expected MODEL[:PRECISION[:BATCH]]")
+        batch = int(parts[2]) if len(parts) == 3 else 0
+        return cls(parts[0], parts[1] if len(parts) > 1 else "fp32", batch)
+
+
+def warm_one(ctx: SlotContext, request: WarmRequest) -> dict[str, Any]:
+    backend = choose_backend("any", request.precision, ctx.identity.capabilities)
+    resolved = catalog.resolve(ctx.artifacts, request.model, request.precision, backend)
+    manifest, model_dir = load_manifest(ctx, resolved.version_id)
+    batch = request.batch_size or min(ctx.settings.default_batch_size, manifest.max_batch_size)
+    started = time.perf_counter()
+    predictor = predictor_for_spec(ctx, resolved.version_id, manifest, model_dir, backend,
+                                   request.precision, batch, resolved.int8_source)
+    built = time.perf_counter() - started
+    warm_s = predictor.warm((1, batch), manifest.input.chw)
+    return {"model": resolved.name, "version": resolved.version_id, "backend": backend,
+            "precision": request.precision, "batch": batch, "build_s": round(built, 3),
+            "warm_s": round(warm_s, 3)}
+
+
+def warm_all(ctx: SlotContext, entries: tuple[str, ...]) -> list[dict[str, Any]]:
+    report = []
+    for entry in entries:
+        try:
+            item = warm_one(ctx, WarmRequest.parse(entry))
+            log.info("warmed %s: build %.2fs, warm-up %.2fs", entry, item["build_s"], item["warm_s"])
+        except Exception as exc:  # a failed warm-up is reported, the worker still serves
+            item = {"entry": entry, "error": f"{type(exc).__name__}: {exc}"[:500]}
+            log.error("warm-up of %s failed: %s", entry, item["error"])
+        report.append(item)
+        ctx.publish_state(warm=tuple(report))
+    return report
+
+
+class WarmGate(bootsteps.StartStopStep):
+    """Worker step (runs after the pool starts, before the consumer): wait for warm slots."""
+
+    requires = {"celery.worker.components:Pool"}
+    poll_s = 0.2
+
+    def start(self, w: Any) -> None:
+        settings, ident = context.configured()
+        if not ident.warm:
+            return
+        from workers.process.heartbeat import HeartbeatStep
+
+        HeartbeatStep.ensure_started(state="warming")
+        conn = redisconn.client(settings)
+        deadline = time.monotonic() + settings.task_hard_time_limit_s
+        started = time.monotonic()
+        while time.monotonic() < deadline:
+            states = [fleet.slot_state(conn, ident.name, i) for i in range(ident.slots)]
+            if all(s is not None and s.start_id == ident.start_id and s.state == "ready" for s in states):
+                log.info("all %d slots warm after %.1fs", ident.slots, time.monotonic() - started)
+                return
+            time.sleep(self.poll_s)
+        log.error("slots not warm after %ss; taking work anyway", settings.task_hard_time_limit_s)
