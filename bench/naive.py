@@ -18,17 +18,17 @@ from common import keys
 from common.imaging import Preprocessor
 from common.schemas import ResultRecord
 from workers.pipeline import context, postprocess
-from workers.pipeline.predictors import load_manifest, predictor_for_spec
+from workers.pipeline.predictors import manifest_of, predictor_for_spec
 
 NAIVE_TASK = "trtbatch.naive_infer"
 
 
 def naive_infer(message: dict[str, Any]) -> None:
     ctx = context.current()
-    manifest, model_dir = load_manifest(ctx, message["version_id"])
-    backend = message.get("backend", "cpu")
-    predictor = predictor_for_spec(ctx, message["version_id"], manifest, model_dir, backend,
-                                   message["precision"], 1, message.get("int8_source"))
+    manifest = manifest_of(ctx, message["version_id"])
+    backend, engine = message.get("backend", "cpu"), message.get("engine", "paddle")
+    predictor = predictor_for_spec(ctx, message["version_id"], manifest, backend, message["precision"], 1,
+                                   message.get("int8_source"), engine)
     pre = Preprocessor(manifest.preprocess, manifest.input.chw, ctx.settings.max_image_pixels)
     array = pre(message["data"]).array[None]
     with ctx.lock.hold():
@@ -36,7 +36,7 @@ def naive_infer(message: dict[str, Any]) -> None:
     post = postprocess.postprocess(outputs, manifest.postprocess)[0]
     rec = ResultRecord(index=message["index"], path=message["path"], ok=True, top_k=post.get("top_k"),
                        job_id=message["job_id"], batch_no=message["index"], precision=message["precision"],
-                       backend=backend, worker=ctx.identity.name, device=ctx.identity.device_label)
+                       engine=engine, backend=backend, worker=ctx.identity.name, device=ctx.identity.device_label)
     # no claim-check payload exists (the bytes came in the message): the write deletes a missing key
     ctx.store.write_batch(message["job_id"], message["index"], [rec], keys.payload(message["job_id"], message["index"]))
 

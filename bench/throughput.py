@@ -324,7 +324,7 @@ def report(opts: BenchOptions, a: dict, b: dict, c: dict, stats: dict, worker_rs
 
     gpu = ""
     if opts.device.startswith("gpu"):
-        from workers.process.gpus import gpu_memory
+        from workers.engines.gpus import gpu_memory
 
         found = gpu_memory(int(opts.device.split(":", 1)[1]) if ":" in opts.device else 0)
         gpu = found[0] if found else "?"

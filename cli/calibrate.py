@@ -20,6 +20,9 @@ from producer.reports import format_report, report_of
 @click.option("--method", type=click.Choice(METHODS), default="ptq", show_default=True,
               help="ptq: Paddle offline quantization (serves CPU and TensorRT); trt: TensorRT calibration table.")
 @click.option("--algo", type=click.Choice(PTQ_ALGOS), default="hist", show_default=True, help="PTQ algorithm.")
+@click.option("-e", "--engine", type=click.Choice(["paddle", "onnxruntime"]), default="paddle", show_default=True,
+              help="trt method: whose TensorRT table - Paddle-TensorRT's (a TensorRT worker), or ONNX Runtime's "
+                   "calibrator on the model's ONNX form (any ONNX Runtime worker) for the TensorRT EP.")
 @click.option("-n", "--samples", type=click.IntRange(min=0), default=0,
               help="Calibration images to use (default: 100 for ptq, 500 for trt).")
 @click.option("--eval", "eval_paths", multiple=True, help="Evaluation images (a labelled manifest gives accuracy).")
@@ -29,13 +32,14 @@ from producer.reports import format_report, report_of
 @click.option("--timeout", type=float, default=None)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def calibrate(ctx: Context, model: str, images: tuple[str, ...], method: str, algo: str, samples: int,
+def calibrate(ctx: Context, model: str, images: tuple[str, ...], method: str, algo: str, engine: str, samples: int,
               eval_paths: tuple[str, ...], batch_size: int, threshold: float, wait: bool, timeout: float | None,
               as_json: bool) -> None:
     """Send a calibration job to one capable worker; with --wait, show its report."""
     client = ctx.client
     opts = calib_lib.CalibrateOptions(model=model, images=images, method=method, algo=algo, samples=samples,
-                                      eval_paths=eval_paths, batch_size=batch_size, threshold_pt=threshold)
+                                      eval_paths=eval_paths, batch_size=batch_size, threshold_pt=threshold,
+                                      engine=engine)
     job_id = calib_lib.calibrate(client, opts)
     if not wait:
         echo_json({"job_id": job_id}) if as_json else click.echo(job_id)

@@ -27,8 +27,8 @@ def status(ctx: Context, job_id: str, as_json: bool) -> None:
         return
     total = f"{st['n_images']}" + ("" if st["submit_complete"] else "+ (still submitting)")
     click.echo(f"job        {job_id}\nstate      {st['state']}\nmodel      {st['model']} ({st['version_id']}) "
-               f"{st['precision']} on {st['target']}\nimages     {total}: {st['done']} ok, {st['failed']} failed, "
-               f"{st['pending']} pending")
+               f"{st['precision']} on engine {st['engine']}, backend {st['target']}\n"
+               f"images     {total}: {st['done']} ok, {st['failed']} failed, {st['pending']} pending")
     if st.get("elapsed_s") is not None:
         click.echo(f"elapsed    {st['elapsed_s']:.1f}s ({st.get('images_per_s', 0):.1f} img/s)")
     if st.get("batches_dead"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,6 @@ import click
 from cli.util import Context, echo_json, pass_ctx
 from common.errors import ModelError
 from common.manifest import MANIFEST_FILE, ModelManifest
-from common.repo import quantized_name
 
 
 @click.group()
@@ -48,43 +46,19 @@ def list_models(ctx: Context, as_json: bool) -> None:
                    f"{r.get('quantized', '?')!s:<6} {r['published_versions']:>8}  {acc}")
 
 
-def _describe(ctx: Context, name: str) -> dict[str, Any]:
-    client = ctx.client
-    info: dict[str, Any] = {"name": name}
-    if client.repo.exists(name):
-        manifest = client.repo.load(name)
-        info["path"] = str(client.repo.dir(name))
-        info["manifest"] = dataclasses.asdict(manifest)
-    versions = []
-    for vid in client.artifacts.versions(name):
-        v = client.artifacts.version(vid)
-        versions.append({"version_id": vid, "created_s": v["created_s"], "files": v["files"],
-                         "provenance": json.loads(v["provenance"]) if "provenance" in v else None})
-    info["versions"] = versions
-    if "manifest" not in info and versions:
-        info["manifest"] = dataclasses.asdict(client.artifacts.manifest(versions[0]["version_id"]))
-    if "manifest" not in info:
-        client.repo.load(name)  # raises the "unknown model" error with the known names
-    from producer.reports import reports_for
-
-    info["quantization_reports"] = reports_for(client, name)
-    qname = quantized_name(name)
-    if client.repo.exists(qname) or client.artifacts.versions(qname):
-        info["quantized_version"] = qname
-    return info
-
-
 @models.command()
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def show(ctx: Context, name: str, as_json: bool) -> None:
-    """Show a model: manifest, published versions, quantization reports."""
-    info = _describe(ctx, name)
+    """Show a model: manifest, published versions (the current one marked), how each engine and precision
+    is served (ONNX forms with their conversion checks, INT8 versions, TensorRT tables), quantization reports."""
+    from producer.reports import describe, format_report
+
+    info = describe(ctx.client, name)
     if as_json:
         echo_json(info)
         return
-    from producer.reports import format_report
 
     m = info["manifest"]
     click.echo(f"model      {name}" + (f"  ({info['path']})" if "path" in info else "  (published only)"))
@@ -99,16 +73,16 @@ def show(ctx: Context, name: str, as_json: bool) -> None:
         click.echo(f"metrics    {json.dumps(m['metrics'])}")
     if m.get("provenance"):
         click.echo(f"provenance {json.dumps(m['provenance'])}")
-    for v in info["versions"]:
-        click.echo(f"version    {v['version_id']}")
-    if info.get("quantized_version"):
-        click.echo(f"int8       served by {info['quantized_version']}")
+    for i, v in enumerate(info["versions"]):
+        click.echo(f"version    {v['version_id']}" + ("  (current: new jobs use it)" if i == 0 else ""))
+    for row in info["serving"]:
+        click.echo(f"serves     {row['engine']:<12} {row['precision']:<5} {row['how']}")
     for report in info["quantization_reports"]:
         click.echo(format_report(report))
 
 
 def _manifest_for(src: Path, name: str, manifest_file: str | None, quantized: bool, base: str | None,
-                  overrides: dict[str, Any]) -> ModelManifest:
+                  overrides: dict[str, Any], fmt: str = "paddle") -> ModelManifest:
     path = Path(manifest_file) if manifest_file else src / MANIFEST_FILE
     data: dict[str, Any] = {}
     if path.is_file():
@@ -118,6 +92,7 @@ def _manifest_for(src: Path, name: str, manifest_file: str | None, quantized: bo
     elif manifest_file:
         raise ModelError(f"manifest {manifest_file} does not exist")
     data["name"] = name
+    data["format"] = fmt
     if quantized:
         data["quantized"] = True
         data["base"] = base or data.get("base") or name.split("@", 1)[0]
@@ -139,7 +114,7 @@ def _ints(text: str | None) -> list[int] | None:
 
 
 @models.command()
-@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.argument("src", type=click.Path(exists=True))
 @click.option("--name", required=True, help="Name in the repository (quantized: NAME@TAG).")
 @click.option("--manifest", "manifest_file", type=click.Path(dir_okay=False), help="A model.toml to use.")
 @click.option("--quantized", is_flag=True, help="A PaddleSlim PTQ/QAT model: served in INT8.")
@@ -163,7 +138,9 @@ def add(ctx: Context, src: str, name: str, manifest_file: str | None, quantized:
         input_name: str | None, shape: str | None, color: str | None, resize: str | None, crop: str | None,
         scale: float | None, mean: str | None, std: str | None, labels_file: str | None, top_k: int | None,
         raw: bool, max_batch_size: int | None, force: bool, as_json: bool) -> None:
-    """Validate a Paddle inference model folder and add it to the repository."""
+    """Validate a model - a Paddle inference folder, or an ONNX file (served by the onnxruntime engine) -
+    and add it to the repository."""
+    from common.repo import staged_source
     from workers.engines.validate import validate
 
     labels = Path(labels_file).read_text().splitlines() if labels_file else None
@@ -174,10 +151,12 @@ def add(ctx: Context, src: str, name: str, manifest_file: str | None, quantized:
              ("preprocess", "mean", _floats(mean)), ("preprocess", "std", _floats(std)),
              ("postprocess", "labels", [x for x in labels if x] if labels else None),
              ("postprocess", "top_k", top_k), ("postprocess", "kind", "raw" if raw else None)]
-    manifest = _manifest_for(Path(src), name, manifest_file, quantized, base,
-                             {"items": items, "max_batch_size": max_batch_size})
-    report = validate(Path(src), manifest)
-    dest = ctx.client.repo.install(Path(src), manifest, overwrite=force)
+    with staged_source(Path(src)) as (folder, fmt):
+        manifest_dir = Path(src) if Path(src).is_dir() else Path(src).parent
+        manifest = _manifest_for(manifest_dir, name, manifest_file, quantized, base,
+                                 {"items": items, "max_batch_size": max_batch_size}, fmt)
+        report = validate(folder, manifest)
+        dest = ctx.client.repo.install(folder, manifest, overwrite=force)
     out = {"model": name, "path": str(dest), **report}
     if as_json:
         echo_json(out)

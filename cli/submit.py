@@ -7,7 +7,7 @@ import sys
 import click
 
 from cli.util import Context, Poller, Progress, echo_json, pass_ctx
-from common.routing import PRECISIONS, TARGETS
+from common.routing import ENGINE_TARGETS, PRECISIONS, TARGETS
 from producer import jobs as jobs_lib
 from producer import submit as submit_lib
 
@@ -17,7 +17,11 @@ from producer import submit as submit_lib
 @click.option("-m", "--model", envvar="TRTBATCH_MODEL", help="Model name in the repository.")
 @click.option("-p", "--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option("--backend", "target", type=click.Choice(TARGETS), default="any", show_default=True,
-              help="Where to run: any capable worker, or only cpu (oneDNN) / gpu (native) / trt (TensorRT).")
+              help="Where to run: any capable worker, or only cpu / gpu (native CUDA; ONNX Runtime's CUDA EP) / "
+                   "trt (TensorRT).")
+@click.option("-e", "--engine", type=click.Choice(ENGINE_TARGETS), default="any", show_default=True,
+              help="What runs the model: Paddle Inference, ONNX Runtime (the model's ONNX form, made by "
+                   "`trtbatch convert`), or any engine that can.")
 @click.option("-b", "--batch-size", type=int, default=0, help="Images per batch (default: setting, capped "
               "by the model's max_batch_size).")
 @click.option("-k", "--top-k", type=click.IntRange(min=1), default=None, help="Labels per image.")
@@ -27,7 +31,7 @@ from producer import submit as submit_lib
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
-def submit(ctx: Context, paths: tuple[str, ...], model: str | None, precision: str, target: str,
+def submit(ctx: Context, paths: tuple[str, ...], model: str | None, precision: str, target: str, engine: str,
            batch_size: int, top_k: int | None, raw_outputs: bool, resume_id: str | None, wait: bool,
            timeout: float | None, as_json: bool) -> None:
     """Submit images: files, directories (recursive), globs, or CSV/JSONL manifests."""
@@ -45,7 +49,8 @@ def submit(ctx: Context, paths: tuple[str, ...], model: str | None, precision: s
         if not paths:
             raise click.UsageError("give at least one PATH")
         opts = submit_lib.SubmitOptions(paths=paths, model=model, precision=precision, target=target,
-                                        batch_size=batch_size, top_k=top_k or 0, include_outputs=raw_outputs)
+                                        batch_size=batch_size, top_k=top_k or 0, include_outputs=raw_outputs,
+                                        engine=engine)
         job_id = submit_lib.new_job_id()
         with Poller(client, job_id, progress) if wait else _null():
             submit_lib.submit(client, opts, job_id=job_id)

@@ -97,7 +97,9 @@ def workers(ctx: Context, as_json: bool) -> None:
     for w in sorted(live, key=lambda x: x.name):
         click.echo(f"{w.name}  [{w.state}]  host {w.host} pid {w.pid}  {w.device} ({_gpu_text(w)})  "
                    f"seen {now - w.last_seen_s:.1f}s ago  {w.images_per_s:.1f} img/s (1 min)")
-        click.echo(f"    serves {', '.join(w.capabilities)}   paddle {w.paddle_version}"
+        engines = ", ".join(f"{name} {v}" for name, v in (("paddle", w.paddle_version),
+                                                          ("onnxruntime", w.ort_version)) if v)
+        click.echo(f"    serves {', '.join(w.capabilities)}   {engines or 'no engine'}"
                    f"{'   TensorRT ' + w.trt_version if w.trt_version else '   no TensorRT'}")
         for slot in w.slots:
             preds = ", ".join(f"{p['version']}/{p['backend']}/{p['precision']}" for p in slot.predictors)

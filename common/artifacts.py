@@ -26,10 +26,9 @@ import redis
 
 from common import keys
 from common.errors import ModelError
-from common.manifest import MANIFEST_FILE, MODEL_FILE, PARAMS_FILE, ModelManifest
+from common.manifest import MANIFEST_FILE, ModelManifest
 
 CHUNK_BYTES = 4 * 1024 * 1024
-VERSION_FILES = (MODEL_FILE, PARAMS_FILE, MANIFEST_FILE)
 
 
 def sha256_file(path: Path) -> str:
@@ -46,8 +45,14 @@ def version_id_of(files: dict[str, str]) -> str:
     return "v" + hashlib.sha256(canon.encode()).hexdigest()[:20]
 
 
-def local_version_id(model_dir: Path, names: tuple[str, ...] = VERSION_FILES) -> tuple[str, dict[str, str]]:
+def version_files(model_dir: Path) -> tuple[str, ...]:
+    """The files that make a version of the model in ``model_dir``: its model files and manifest."""
+    return (*ModelManifest.load(model_dir).model_files, MANIFEST_FILE)
+
+
+def local_version_id(model_dir: Path, names: tuple[str, ...] | None = None) -> tuple[str, dict[str, str]]:
     """Hash a model folder's files; cached in ``.version.json`` keyed by size and mtime."""
+    names = names or version_files(model_dir)
     stamp = {n: _stamp(model_dir / n) for n in names}
     cache = model_dir / ".version.json"
     with contextlib.suppress(FileNotFoundError, ValueError, KeyError):

@@ -22,7 +22,7 @@ from typing import Any
 from common import keys
 from common.artifacts import ArtifactStore
 from common.errors import CalibrationError, PrecisionUnsupportedError
-from common.spec import PredictorSpec
+from common.spec import ORT_CALIB_KEY, PredictorSpec
 
 PTQ_ALGOS = ("KL", "hist", "avg", "mse", "abs_max")
 METHODS = ("ptq", "trt")
@@ -47,12 +47,19 @@ def check_count(method: str, usable: int, bad: int) -> list[str]:
 
 
 # -- the table store ---------------------------------------------------------------------------
+def table_key_of(spec: PredictorSpec) -> str:
+    """Which calibration key a TensorRT INT8 spec reads: Paddle's depends on the engine settings
+    (``calib_key``), ONNX Runtime's on the model alone (``ORT_CALIB_KEY``)."""
+    return ORT_CALIB_KEY if spec.engine == "onnxruntime" else spec.calib_key()
+
+
 def publish_tables(artifacts: ArtifactStore, spec: PredictorSpec, tables: dict[str, Path],
                    meta: dict[str, Any]) -> str:
     """Store tables as blobs under (version, calib key); returns the Redis key."""
-    key = keys.calib_table(spec.version_id, spec.calib_key())
+    key = keys.calib_table(spec.version_id, table_key_of(spec))
+    trt = spec.trt or (spec.ort.trt if spec.ort else None)
     fields: dict[str, str] = {FILE_FIELD + name: artifacts.put_file(path) for name, path in tables.items()}
-    fields["meta"] = json.dumps({**meta, "trt": dataclasses.asdict(spec.trt) if spec.trt else None})
+    fields["meta"] = json.dumps({**meta, "engine": spec.engine, "trt": dataclasses.asdict(trt) if trt else None})
     pipe = artifacts.conn.pipeline(transaction=True)
     pipe.delete(key)
     pipe.hset(key, mapping=fields)
@@ -75,8 +82,13 @@ def available_tables(artifacts: ArtifactStore, version_id: str) -> list[dict[str
 
 
 def install_tables(artifacts: ArtifactStore, spec: PredictorSpec, opt_dir: Path) -> list[Path]:
-    """Write this spec's tables where Paddle reads them (``<opt dir>/trt_calib_<key>``), atomically."""
-    files = table_files(artifacts, spec.version_id, spec.calib_key())
+    """Write this spec's tables where its engine reads them, atomically: Paddle's
+    ``<opt dir>/trt_calib_<key>``, ONNX Runtime's ``<engine cache dir>/calibration.flatbuffers``."""
+    files = table_files(artifacts, spec.version_id, table_key_of(spec))
+    if not files and spec.engine == "onnxruntime":
+        raise PrecisionUnsupportedError(
+            f"no ONNX Runtime calibration table for version {spec.version_id}; run `trtbatch calibrate --engine "
+            f"onnxruntime --method trt --model MODEL --images DIR`")
     if not files:
         sizes = sorted({m.get("batch_size") for m in available_tables(artifacts, spec.version_id)} - {None})
         hint = f" (tables exist for batch sizes {sizes})" if sizes else ""

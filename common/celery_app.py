@@ -26,6 +26,7 @@ from common.redisconn import broker_ssl, broker_url, resolve_url
 
 INFER_TASK = "trtbatch.infer_batch"
 CALIBRATE_TASK = "trtbatch.calibrate"
+CONVERT_TASK = "trtbatch.convert"
 ACCEPT_CONTENT = ("json", "msgpack")
 #: Publishing (a producer's batches, a worker's retries) rides out a Redis restart as the redis-py
 #: clients do (common/redisconn.py): connection retries for ~40 s, then the error. Celery's default
@@ -133,7 +134,7 @@ def make_app(settings: Settings, url: str | None = None, **overrides: Any) -> Ce
         worker_prefetch_multiplier=1,
         task_time_limit=settings.task_hard_time_limit_s,
         task_create_missing_queues=True,
-        task_default_queue="trtbatch.any.fp32",
+        task_default_queue="trtbatch.any.any.fp32",
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,

@@ -74,6 +74,9 @@ class Settings:
     overlap_decode: str = "auto"
     pool_start_method: str = "auto"
     gpu_selftest: str = "enforce"
+    #: GPU workers: decode JPEGs on the GPU (nvImageCodec + CuPy) for engines that take device batches:
+    #: auto (when the libraries load), on (refuse to start without them), off (always Pillow)
+    gpu_decode: str = "auto"
     decode_threads: int = 0
     cpu_threads: int = 0
     gpu_memory_pool_mb: int = 1024

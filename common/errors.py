@@ -136,6 +136,12 @@ class CalibrationError(PermanentError):
     code = "calibration"
 
 
+class ConversionError(PermanentError):
+    """A conversion to ONNX failed, or its result does not match the source closely enough."""
+
+    code = "conversion"
+
+
 def is_retryable(exc: BaseException) -> bool:
     """The retry policy in one line: everything but a ``PermanentError`` is worth another try."""
     return not isinstance(exc, PermanentError)

@@ -35,17 +35,25 @@ class WorkerInfo:
     capabilities: list[str] = field(default_factory=list)
     queues: list[str] = field(default_factory=list)
     paddle_version: str = ""
+    ort_version: str = ""
     trt_version: str = ""
     state: str = "starting"
     started_s: float = 0.0
     last_seen_s: float = 0.0
     metrics_port: int = 0
     gpu_selftest: str = ""
+    ort_gpu_selftest: str = ""
     slots: list[SlotState] = field(default_factory=list)
     images_per_s: float = 0.0
 
-    def caps(self) -> set[tuple[str, str]]:
-        return {tuple(c.split("/", 1)) for c in self.capabilities}  # type: ignore[misc]
+    def caps(self) -> set[tuple[str, str, str]]:
+        """The capabilities as (engine, backend, precision); stored as "engine:backend/precision"."""
+        out = set()
+        for c in self.capabilities:
+            engine, rest = c.split(":", 1)
+            backend, precision = rest.split("/", 1)
+            out.add((engine, backend, precision))
+        return out
 
     def serves(self, queue: str) -> bool:
         return queue in self.queues
@@ -134,18 +142,40 @@ def servers_of(workers: list[WorkerInfo], queue: str) -> list[WorkerInfo]:
     return [w for w in workers if w.serves(queue) and w.state != "draining"]
 
 
+def capability_label(cap: tuple[str, str, str]) -> str:
+    return f"{cap[0]}:{cap[1]}/{cap[2]}"
+
+
+_NEEDS = {
+    ("paddle", "trt"): "a GPU worker with Paddle-TensorRT (paddlepaddle-gpu built with TensorRT, libnvinfer present)",
+    ("paddle", "gpu"): "a GPU worker whose paddlepaddle-gpu passes the GPU self-test",
+    ("onnxruntime", "trt"): "a GPU worker with onnxruntime-gpu and TensorRT 10 (libnvinfer.so.10)",
+    ("onnxruntime", "gpu"): "a GPU worker with onnxruntime-gpu (CUDA EP)",
+    ("onnxruntime", "cpu"): "a CPU worker with onnxruntime",
+    ("paddle", "cpu"): "a CPU worker with Paddle",
+}
+
+
+def _need(engine: str, target: str, what: str) -> str:
+    if what == routing.CONVERT_QUEUE_SUFFIX:
+        return ("a worker with Paddle, paddle2onnx and onnx (pip install trtbatch[cpu])" if engine == "paddle"
+                else "a worker with onnxruntime and onnx")
+    if engine != "any" and target != "any":
+        return _NEEDS[(engine, target)]
+    if target != "any":
+        return f"a worker with a {target} backend"
+    if engine != "any":
+        return f"any worker with the {engine} engine that serves {what}"
+    return f"any worker that serves {what}"
+
+
 def unservable_reason(workers: list[WorkerInfo], queue: str) -> str | None:
     """Why nobody will take work from ``queue`` now, or None if a live worker serves it."""
     if servers_of(workers, queue):
         return None
-    target, precision = routing.parse_queue(queue)
-    what = "calibration jobs" if precision == routing.CALIBRATION_QUEUE_SUFFIX else precision
-    need = {
-        "trt": "a GPU worker with TensorRT (paddlepaddle-gpu built with TensorRT, libnvinfer present)",
-        "gpu": "a GPU worker (paddlepaddle-gpu)",
-        "cpu": "a CPU worker",
-        "any": f"any worker that serves {what}",
-    }[target]
+    engine, target, what = routing.parse_queue(queue)
+    if what == routing.CALIBRATION_QUEUE_SUFFIX:
+        what = "calibration jobs"
     alive = ", ".join(sorted(w.name for w in workers)) or "no live workers at all"
-    return (f"no live worker can serve queue {queue}: it needs {need}; live: {alive}. "
+    return (f"no live worker can serve queue {queue}: it needs {_need(engine, target, what)}; live: {alive}. "
             f"Start one with `trtbatch worker --device ...` on a suitable node.")

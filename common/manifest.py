@@ -25,6 +25,11 @@ Example (the digits model)::
 ``quantized = true`` marks a model whose program already carries quantize/dequantize ops
 (offline quantization or QAT output); such a model is served in INT8 with
 ``use_calib_mode=False`` on TensorRT and ``enable_mkldnn_int8()`` on CPU.
+
+``format = "onnx"`` marks an ONNX model (``model.onnx`` beside the manifest instead of the two
+Paddle files): a user's own, or the ONNX form of a Paddle version made by a conversion job
+(``<name>.onnx``, ``<name>.onnx-fp16``), which names its source in ``provenance.source_version``.
+Only the onnxruntime engine serves ONNX models.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ else:  # pragma: no cover
 MANIFEST_FILE = "model.toml"
 MODEL_FILE = "inference.pdmodel"
 PARAMS_FILE = "inference.pdiparams"
+ONNX_FILE = "model.onnx"
+FORMATS = {"paddle": (MODEL_FILE, PARAMS_FILE), "onnx": (ONNX_FILE,)}
 COLORS = {"L": 1, "RGB": 3, "BGR": 3}
 POSTPROCESS_KINDS = ("classify", "raw")
 MAX_BATCH_LIMIT = 4096
@@ -98,12 +105,20 @@ class ModelManifest:
     max_batch_size: int = 64
     trained: bool = True
     quantized: bool = False
+    format: str = "paddle"
     base: str = ""
     description: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def model_files(self) -> tuple[str, ...]:
+        """The files of the model itself, beside the manifest."""
+        return FORMATS[self.format]
+
     def validate(self) -> ModelManifest:
+        if self.format not in FORMATS:
+            raise ModelError(f"format must be one of {sorted(FORMATS)}, got {self.format!r}")
         _check_input(self.input)
         _check_preprocess(self.preprocess, self.input)
         if self.postprocess.kind not in POSTPROCESS_KINDS:

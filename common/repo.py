@@ -8,12 +8,15 @@ author models; the fleet serves them from Redis (common/artifacts.py), published
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from common.errors import ModelError
-from common.manifest import MANIFEST_FILE, MODEL_FILE, PARAMS_FILE, ModelManifest
+from common.manifest import MANIFEST_FILE, MODEL_FILE, ONNX_FILE, ModelManifest
 
 PTQ_TAG = "int8-ptq"
 
@@ -56,14 +59,15 @@ class ModelRepository:
         return None
 
     def install(self, src: Path, manifest: ModelManifest, overwrite: bool = False) -> Path:
-        """Copy a model's two program files beside a fresh manifest; atomic per model folder."""
+        """Copy a model's files (the Paddle program and parameters, or the ONNX file) beside a fresh
+        manifest; atomic per model folder."""
         dest = self.dir(manifest.name)
         if dest.exists() and not overwrite:
             raise ModelError(f"model {manifest.name!r} already exists in {self.root} (use --force)")
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{manifest.name}.", dir=self.root))
         try:
-            for fname in (MODEL_FILE, PARAMS_FILE):
+            for fname in manifest.model_files:
                 shutil.copyfile(src / fname, tmp / fname)
             manifest.save(tmp)
             if dest.exists():
@@ -77,3 +81,26 @@ class ModelRepository:
         if not self.exists(name):
             raise ModelError(f"unknown model {name!r}")
         shutil.rmtree(self.dir(name))
+
+
+@contextlib.contextmanager
+def staged_source(src: Path) -> Iterator[tuple[Path, str]]:
+    """A model a user points at, as (folder holding the model under our file names, format): an ONNX
+    file (``model.onnx`` or any ``*.onnx``) or a folder with one, or a Paddle inference folder."""
+    src = Path(src)
+    onnx_file = src if src.is_file() and src.suffix.lower() == ".onnx" else None
+    if src.is_dir() and not (src / MODEL_FILE).exists():
+        found = sorted(src.glob("*.onnx"))
+        onnx_file = (src / ONNX_FILE) if (src / ONNX_FILE).exists() else (found[0] if len(found) == 1 else None)
+    if onnx_file is None:
+        if not src.is_dir():
+            raise ModelError(f"{src} is neither a Paddle inference folder nor an .onnx file")
+        yield src, "paddle"
+        return
+    with tempfile.TemporaryDirectory(prefix="trtbatch-onnx-") as tmp:
+        staged = Path(tmp) / ONNX_FILE
+        try:
+            os.link(onnx_file, staged)
+        except OSError:
+            shutil.copyfile(onnx_file, staged)
+        yield Path(tmp), "onnx"

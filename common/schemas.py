@@ -2,6 +2,7 @@
 
 * ``BatchTask``    - the Celery message of one inference batch (JSON, keys only: claim-check).
 * ``CalibTask``    - the Celery message of one calibration job.
+* ``ConvertTask``  - the Celery message of one conversion job (a version to its ONNX forms).
 * ``BatchPayload`` - the image bytes of one batch, stored in Redis as msgpack under the key the
                      task names.
 * ``ResultRecord`` - one image's outcome, stored as JSON in the job's results hash.
@@ -35,6 +36,9 @@ Target = Literal["any", "cpu", "gpu", "trt"]
 Precision = Literal["fp32", "fp16", "int8", "bf16"]
 #: The kind of device a worker process is pinned to.
 Device = Literal["cpu", "gpu"]
+#: What runs the model: Paddle Inference, or ONNX Runtime on the paddle2onnx-converted model.
+Engine = Literal["paddle", "onnxruntime"]
+EngineTarget = Literal["any", "paddle", "onnxruntime"]
 JobState = Literal["submitting", "queued", "running", "done", "failed", "cancelled"]
 TERMINAL_STATES: tuple[JobState, ...] = ("done", "failed", "cancelled")
 
@@ -69,6 +73,7 @@ class BatchTask:
     int8_source: str | None = None
     top_k: int = 5
     include_outputs: bool = False
+    engine: EngineTarget = "any"
     schema: int = SCHEMA_VERSION
 
     def encode(self) -> dict[str, Any]:
@@ -98,6 +103,7 @@ class CalibTask:
     calib_sha256: str = ""
     new_version_name: str = ""
     drop_threshold_pt: float = 1.0
+    engine: Engine = "paddle"
     schema: int = SCHEMA_VERSION
 
     def encode(self) -> dict[str, Any]:
@@ -115,6 +121,33 @@ class CalibTask:
                 raise DecodeError(f"CalibTask: {name} must be a list of keys, got {value!r}")
         return dataclasses.replace(task, payload_keys=tuple(task.payload_keys),
                                    eval_payload_keys=tuple(task.eval_payload_keys))
+
+
+@dataclass(frozen=True)
+class ConvertTask:
+    """One conversion job: a model version to its ONNX forms (fp32, and fp16 when asked), each checked
+    against the source's own outputs before it is published."""
+
+    job_id: str
+    version_id: str
+    model: str
+    fp16: bool = True
+    check_payload_keys: tuple[str, ...] = ()
+    force: bool = False
+    schema: int = SCHEMA_VERSION
+
+    def encode(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["check_payload_keys"] = list(self.check_payload_keys)
+        return out
+
+    @classmethod
+    def decode(cls, data: Any) -> ConvertTask:
+        task = _from_dict(cls, data)
+        keys_ = task.check_payload_keys
+        if not isinstance(keys_, (list, tuple)) or not all(isinstance(k, str) for k in keys_):
+            raise DecodeError(f"ConvertTask: check_payload_keys must be a list of keys, got {keys_!r}")
+        return dataclasses.replace(task, check_payload_keys=tuple(keys_))
 
 
 @dataclass(frozen=True)
@@ -167,6 +200,7 @@ class ResultRecord:
     model: str = ""
     version_id: str = ""
     precision: str = ""
+    engine: str = ""
     backend: str = ""
     worker: str = ""
     device: str = ""
@@ -245,12 +279,13 @@ class JobRecord:
 
     job_id: str
     state: JobState = "submitting"
-    kind: str = "inference"  # inference | calibration | naive-baseline (benchmarks)
+    kind: str = "inference"  # inference | calibration | conversion | naive-baseline (benchmarks)
     model: str = ""
     requested_model: str = ""
     version_id: str = ""
     precision: Precision = "fp32"
     target: Target = "any"
+    engine: EngineTarget = "any"
     queue: str = ""
     batch_size: int = 0
     top_k: int = 0
@@ -281,6 +316,8 @@ class JobRecord:
     warnings: tuple[str, ...] = ()
     calibration_s: float | None = None
     samples: int = 0
+    # conversion jobs: what each published ONNX form is, with its check against the source
+    conversions: tuple[dict[str, Any], ...] = ()
     schema: int = SCHEMA_VERSION
 
     @property
@@ -296,7 +333,7 @@ class JobRecord:
 
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data["warnings"] = list(self.warnings)
+        data["warnings"], data["conversions"] = list(self.warnings), list(self.conversions)
         return data
 
 
@@ -367,6 +404,10 @@ class BatchTimings:
     postprocessed_s: float
     pid: int
     mode: PipelineMode
+    #: host -> device bytes the batch cost (encoded JPEGs on the GPU decode path, float32 tensors else)
+    h2d_bytes: int = 0
+    #: images of the batch decoded on the GPU (the rest went the Pillow path)
+    gpu_decoded: int = 0
     schema: int = SCHEMA_VERSION
 
     def encode(self) -> str:

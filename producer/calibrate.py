@@ -30,11 +30,18 @@ class CalibrateOptions:
     eval_paths: tuple[str, ...] = ()
     batch_size: int = 16
     threshold_pt: float = 1.0
+    engine: str = "paddle"
 
 
 def _check(opts: CalibrateOptions) -> None:
     if opts.method not in METHODS:
         raise InputError(f"unknown method {opts.method!r}; choose one of {', '.join(METHODS)}")
+    if opts.engine not in ("paddle", "onnxruntime"):
+        raise InputError(f"unknown engine {opts.engine!r}; choose paddle or onnxruntime")
+    if opts.engine == "onnxruntime" and opts.method != "trt":
+        raise InputError("with --engine onnxruntime the method is trt (a TensorRT table from ONNX Runtime's "
+                         "calibrator); offline quantization (ptq) is Paddle's: its result serves ONNX Runtime "
+                         "once converted (`trtbatch convert --model MODEL@int8-ptq`)")
     if opts.method == "ptq" and opts.algo not in PTQ_ALGOS:
         raise InputError(f"unknown algorithm {opts.algo!r}; choose one of {', '.join(PTQ_ALGOS)}")
     if opts.batch_size < 1 or opts.samples < 0:
@@ -67,12 +74,16 @@ def calibrate(client: Client, opts: CalibrateOptions, job_id: str | None = None)
     manifest = client.artifacts.manifest(vid)
     if manifest.quantized:
         raise CalibrationError(f"{opts.model} is already quantized; calibrate its FP32 base model")
+    if opts.engine == "onnxruntime" and catalog.onnx_form(client.artifacts, vid, manifest, "fp32") is None:
+        raise CalibrationError(f"{opts.model} ({vid}) has no ONNX form to calibrate; make it first with "
+                               f"`trtbatch convert --model {opts.model} --wait`")
     batch = min(opts.batch_size, manifest.max_batch_size)
-    queue = routing.calibration_queue(opts.method)
+    queue = routing.calibration_queue(opts.method, opts.engine)
     job_id = job_id or new_job_id()
     client.store.create_job(JobRecord(job_id=job_id, kind="calibration", model=opts.model, version_id=vid,
                                       precision="int8", target="trt" if opts.method == "trt" else "any",
-                                      queue=queue, method=opts.method, algo=opts.algo, batch_size=batch))
+                                      queue=queue, method=opts.method, algo=opts.algo, batch_size=batch,
+                                      engine=opts.engine))  # type: ignore[arg-type]
     limit = opts.samples or RECOMMENDED_IMAGES[opts.method]
     calib_keys, n = _upload(client, job_id, False, opts.images, limit, batch)
     eval_keys, n_eval = _upload(client, job_id, True, opts.eval_paths, 0, batch) if opts.eval_paths else ([], 0)
@@ -80,7 +91,7 @@ def calibrate(client: Client, opts: CalibrateOptions, job_id: str | None = None)
     client.store.mark_submitted(job_id, n, len(calib_keys))
     task = CalibTask(job_id=job_id, version_id=vid, model=opts.model, method=opts.method, algo=opts.algo,
                      payload_keys=tuple(calib_keys), eval_payload_keys=tuple(eval_keys), batch_size=batch,
-                     samples=limit, drop_threshold_pt=opts.threshold_pt)
+                     samples=limit, drop_threshold_pt=opts.threshold_pt, engine=opts.engine)  # type: ignore[arg-type]
     client.app.send_task(CALIBRATE_TASK, args=[task.encode()], queue=queue)
     return job_id
 

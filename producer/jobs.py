@@ -30,7 +30,7 @@ from producer.client import Client
 
 EXPORT_FORMATS = ("jsonl", "csv")
 CSV_COLUMNS = ("index", "path", "ok", "error", "error_code", "label", "top1_label", "top1_score",
-               "top_k", "model", "version_id", "precision", "backend", "worker", "device")
+               "top_k", "model", "version_id", "precision", "engine", "backend", "worker", "device")
 
 
 def status(client: Client, job_id: str) -> dict[str, Any]:
@@ -67,7 +67,7 @@ def csv_row(rec: ResultRecord) -> dict[str, Any]:
             "error_code": rec.error_code or "", "label": rec.label or "",
             "top1_label": top.get("label", ""), "top1_score": top.get("score", ""),
             "top_k": json.dumps(rec.top_k) if rec.top_k else "", "model": rec.model,
-            "version_id": rec.version_id, "precision": rec.precision, "backend": rec.backend,
+            "version_id": rec.version_id, "precision": rec.precision, "engine": rec.engine, "backend": rec.backend,
             "worker": rec.worker, "device": rec.device}
 
 

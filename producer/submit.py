@@ -25,7 +25,7 @@ from common.celery_app import INFER_TASK
 from common.errors import InputError, JobError, PrecisionUnsupportedError
 from common.manifest import ModelManifest
 from common.schemas import BatchPayload, BatchTask, JobRecord, PayloadItem
-from common.spec import calib_key_for
+from common.spec import ORT_CALIB_KEY, calib_key_for
 from producer.client import Client
 from producer.inputs import InputItem, check_inputs, display_path, iter_inputs, read_bytes
 
@@ -42,6 +42,7 @@ class SubmitOptions:
     batch_size: int = 0
     top_k: int = 0
     include_outputs: bool = False
+    engine: str = "any"
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Plan:
     queue: str
     batch_size: int
     top_k: int
+    engine: str
 
 
 def new_job_id() -> str:
@@ -72,24 +74,43 @@ def _batch(client: Client, opts: SubmitOptions, manifest: ModelManifest) -> int:
 
 
 def make_plan(client: Client, opts: SubmitOptions) -> Plan:
-    routing.check_request(opts.target, opts.precision)
+    routing.check_request(opts.target, opts.precision, opts.engine)
     if opts.batch_size < 0:
         raise InputError(f"--batch-size must be positive, got {opts.batch_size}")
     if client.repo.exists(opts.model) or opts.precision == "int8":
         publish_local(client, opts.model, opts.precision)
 
-    def has_table(vid: str, manifest: ModelManifest) -> bool:
-        return bool(table_files(client.artifacts, vid, calib_key_for(manifest, vid, _batch(client, opts, manifest))))
+    def has_table(engine: str, vid: str, manifest: ModelManifest) -> bool:
+        if engine == "onnxruntime":
+            onnx = catalog.onnx_form(client.artifacts, vid, manifest, "fp32")
+            return bool(onnx and table_files(client.artifacts, onnx, ORT_CALIB_KEY))
+        return manifest.format == "paddle" and bool(
+            table_files(client.artifacts, vid, calib_key_for(manifest, vid, _batch(client, opts, manifest))))
 
     try:
-        resolved = catalog.resolve(client.artifacts, opts.model, opts.precision, opts.target, has_table=has_table)
+        resolved = catalog.resolve(client.artifacts, opts.model, opts.precision, opts.target, has_table=has_table,
+                                   engine=opts.engine)
     except PrecisionUnsupportedError:
         _explain_table_mismatch(client, opts)
         raise
+    engine = _engine(client, opts, resolved)
     manifest = resolved.manifest
-    batch = _batch(client, opts, manifest)
-    return Plan(resolved=resolved, queue=routing.job_queue(resolved.target, opts.precision),
-                batch_size=batch, top_k=opts.top_k or manifest.postprocess.top_k)
+    return Plan(resolved=resolved, queue=routing.job_queue(resolved.target, opts.precision, engine),
+                batch_size=_batch(client, opts, manifest), top_k=opts.top_k or manifest.postprocess.top_k,
+                engine=engine)
+
+
+def _engine(client: Client, opts: SubmitOptions, resolved: catalog.Resolved) -> str:
+    """The engine the job's queue names: the one asked for, or - for ``any`` - the engines that have what
+    they need to serve it (an engine without the model's ONNX form would fail every batch it took)."""
+    engines = catalog.engines_with_forms(client.artifacts, resolved, opts.precision, resolved.target)
+    if engines:
+        return engines[0] if len(engines) == 1 else "any"
+    missing = catalog.missing_forms(client.artifacts, resolved, opts.precision, resolved.target)
+    flag = " --fp16" if "fp16" in missing else ""
+    raise PrecisionUnsupportedError(
+        f"{resolved.name} ({resolved.version_id}) has no ONNX form ({', '.join(missing)}) for the onnxruntime "
+        f"engine; make it with `trtbatch convert --model {resolved.name}{flag} --wait`")
 
 
 def _explain_table_mismatch(client: Client, opts: SubmitOptions) -> None:
@@ -109,7 +130,7 @@ def _explain_table_mismatch(client: Client, opts: SubmitOptions) -> None:
 def job_record(job_id: str, opts: SubmitOptions, plan: Plan) -> JobRecord:
     return JobRecord(job_id=job_id, model=plan.resolved.name, requested_model=opts.model,
                      version_id=plan.resolved.version_id, precision=opts.precision,  # type: ignore[arg-type]
-                     target=plan.resolved.target, queue=plan.queue,  # type: ignore[arg-type]
+                     target=plan.resolved.target, queue=plan.queue, engine=plan.engine,  # type: ignore[arg-type]
                      batch_size=plan.batch_size, top_k=plan.top_k, int8_source=plan.resolved.int8_source,
                      include_outputs=opts.include_outputs, options=asdict(opts),
                      producer=f"{socket.gethostname()}:{os.getpid()}")
@@ -221,7 +242,7 @@ class _Sender:
                          version_id=r.version_id, model=r.name, precision=self.opts.precision,
                          target=r.target, batch_size=self.plan.batch_size, n_images=len(payload.items),
                          start_index=start, int8_source=r.int8_source, top_k=self.plan.top_k,
-                         include_outputs=self.opts.include_outputs)
+                         include_outputs=self.opts.include_outputs, engine=self.plan.engine)  # type: ignore[arg-type]
 
     def _wait_for_room(self) -> None:
         while True:

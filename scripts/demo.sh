@@ -11,5 +11,5 @@ if ! python3 -c "import ensurepip, venv" 2>/dev/null; then
 fi
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q .
+.venv/bin/python -m pip install -q '.[cpu]'
 exec .venv/bin/trtbatch demo

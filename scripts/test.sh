@@ -26,6 +26,6 @@ apt_get install -y -qq --no-install-recommends redis-server docker-compose opens
 $SUDO service redis-server stop >/dev/null 2>&1 || true
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -e '.[cpu,test]'
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest -q -ra "$@"

@@ -80,8 +80,8 @@ def cpu_worker(redis_server: RedisServer, base_env: dict[str, str], session_dirs
     name = "itest-cpu@local"
     log = session_dirs["logs"] / "cpu_worker.log"
     env = worker_env(base_env)
-    with running_worker(redis_server.client(), env, name, log, "--queues", "trtbatch.trt.int8",
-                        "--queues", "trtbatch.trt.fp32", "--queues", "trtbatch.trt.calib"):
+    with running_worker(redis_server.client(), env, name, log, "--queues", "trtbatch.paddle.trt.int8",
+                        "--queues", "trtbatch.paddle.trt.fp32", "--queues", "trtbatch.paddle.trt.calib"):
         yield name
 
 

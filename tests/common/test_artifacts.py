@@ -12,11 +12,12 @@ import redis
 
 from common import artifacts as artifacts_mod
 from common import catalog, keys
-from common.artifacts import VERSION_FILES, ArtifactStore, version_id_of
+from common.artifacts import ArtifactStore, version_id_of
 from common.errors import ModelError, PrecisionUnsupportedError
 from common.manifest import MANIFEST_FILE, MODEL_FILE, PARAMS_FILE, ModelManifest
 from common.routing import INT8_QUANTIZED, INT8_TRT_CALIB
 
+VERSION_FILES = (MODEL_FILE, PARAMS_FILE, MANIFEST_FILE)  # a Paddle model version
 CHUNK = 1000
 
 

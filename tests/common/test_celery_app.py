@@ -34,7 +34,7 @@ def test_delivery_guarantees(app: Celery) -> None:
     assert conf.task_reject_on_worker_lost is True
     assert conf.worker_prefetch_multiplier == 1
     assert conf.task_ignore_result is True and conf.result_backend is None
-    assert conf.task_default_queue == "trtbatch.any.fp32"
+    assert conf.task_default_queue == "trtbatch.any.any.fp32"
     assert conf.broker_url == "redis+socket:///tmp/trtbatch-unit-never-started.sock"
     assert conf.broker_use_ssl is None
 

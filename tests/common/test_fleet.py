@@ -16,9 +16,10 @@ TTL = 10
 
 def cpu_worker(name: str = "cpu@node1", **kw: object) -> WorkerInfo:
     base: dict[str, object] = {"host": "node1", "pid": 4242, "device": "cpu", "cpu_threads": 8,
-                               "capabilities": ["cpu/fp32", "cpu/int8"], "state": "ready",
-                               "queues": ["trtbatch.cpu.fp32", "trtbatch.any.fp32", "trtbatch.cpu.int8",
-                                          "trtbatch.any.int8", "trtbatch.cpu.calib"],
+                               "capabilities": ["paddle:cpu/fp32", "paddle:cpu/int8"], "state": "ready",
+                               "queues": ["trtbatch.paddle.cpu.fp32", "trtbatch.any.any.fp32",
+                                          "trtbatch.paddle.cpu.int8", "trtbatch.any.any.int8",
+                                          "trtbatch.paddle.any.calib"],
                                "paddle_version": "2.6.2", "started_s": time.time()}
     return WorkerInfo(name=name, **{**base, **kw})  # type: ignore[arg-type]
 
@@ -26,8 +27,9 @@ def cpu_worker(name: str = "cpu@node1", **kw: object) -> WorkerInfo:
 def gpu_worker(name: str = "gpu0@node2") -> WorkerInfo:
     return WorkerInfo(name=name, host="node2", device="gpu", gpu_index=0, gpu_name="NVIDIA H100",
                       gpu_memory_used_mb=1200, gpu_memory_total_mb=81559, state="ready", trt_version="8.5.3",
-                      capabilities=["gpu/fp32", "trt/fp32", "trt/fp16", "trt/int8"],
-                      queues=["trtbatch.trt.int8", "trtbatch.any.int8", "trtbatch.trt.fp16", "trtbatch.any.fp16"])
+                      capabilities=["paddle:gpu/fp32", "paddle:trt/fp32", "paddle:trt/fp16", "paddle:trt/int8"],
+                      queues=["trtbatch.paddle.trt.int8", "trtbatch.any.any.int8", "trtbatch.paddle.trt.fp16",
+                              "trtbatch.any.any.fp16"])
 
 
 def test_publish_and_list(store_conn: redis.Redis) -> None:
@@ -39,11 +41,11 @@ def test_publish_and_list(store_conn: redis.Redis) -> None:
     got = live["cpu@node1"]
     assert got.host == "node1" and got.pid == 4242 and got.cpu_threads == 8 and got.gpu_index is None
     assert got.queues == info.queues and got.capabilities == info.capabilities
-    assert got.caps() == {("cpu", "fp32"), ("cpu", "int8")}
+    assert got.caps() == {("paddle", "cpu", "fp32"), ("paddle", "cpu", "int8")}
     assert got.last_seen_s == pytest.approx(time.time(), abs=5)
     assert got.slots == [] and got.images_per_s == 0.0
     gpu = live["gpu0@node2"]
-    assert gpu.gpu_index == 0 and gpu.gpu_memory_total_mb == 81559 and ("trt", "int8") in gpu.caps()
+    assert gpu.gpu_index == 0 and gpu.gpu_memory_total_mb == 81559 and ("paddle", "trt", "int8") in gpu.caps()
     assert 0 < store_conn.ttl(keys.worker("cpu@node1")) <= TTL
 
 
@@ -107,21 +109,25 @@ def test_remove(store_conn: redis.Redis) -> None:
 
 def test_servers_skip_draining_workers() -> None:
     ready, draining = cpu_worker("a"), cpu_worker("b", state="draining")
-    assert fleet.servers_of([ready, draining], "trtbatch.cpu.fp32") == [ready]
+    assert fleet.servers_of([ready, draining], "trtbatch.paddle.cpu.fp32") == [ready]
     assert fleet.servers_of([ready, draining], "trtbatch.trt.fp32") == []
 
 
 def test_unservable_reason() -> None:
     cpu, gpu = cpu_worker(), gpu_worker()
-    assert fleet.unservable_reason([cpu], "trtbatch.any.fp32") is None
-    assert fleet.unservable_reason([cpu, gpu], "trtbatch.trt.int8") is None
-    assert fleet.unservable_reason([cpu], "trtbatch.trt.int8") == (
-        "no live worker can serve queue trtbatch.trt.int8: it needs a GPU worker with TensorRT "
+    assert fleet.unservable_reason([cpu], "trtbatch.any.any.fp32") is None
+    assert fleet.unservable_reason([cpu, gpu], "trtbatch.paddle.trt.int8") is None
+    assert fleet.unservable_reason([cpu], "trtbatch.paddle.trt.int8") == (
+        "no live worker can serve queue trtbatch.paddle.trt.int8: it needs a GPU worker with Paddle-TensorRT "
         "(paddlepaddle-gpu built with TensorRT, libnvinfer present); live: cpu@node1. "
         "Start one with `trtbatch worker --device ...` on a suitable node.")
-    assert "it needs a GPU worker (paddlepaddle-gpu); live: cpu@node1, gpu0@node2" in str(
-        fleet.unservable_reason([gpu, cpu], "trtbatch.gpu.fp32"))
+    assert "it needs a GPU worker whose paddlepaddle-gpu passes the GPU self-test; live: cpu@node1, gpu0@node2" in str(
+        fleet.unservable_reason([gpu, cpu], "trtbatch.paddle.gpu.fp32"))
+    assert "it needs a GPU worker with onnxruntime-gpu (CUDA EP)" in str(
+        fleet.unservable_reason([gpu, cpu], "trtbatch.onnxruntime.gpu.fp16"))
     assert "it needs any worker that serves bf16; live: no live workers at all" in str(
-        fleet.unservable_reason([], "trtbatch.any.bf16"))
-    assert "it needs a CPU worker" in str(fleet.unservable_reason([gpu], "trtbatch.cpu.fp32"))
-    assert "live: cpu@node1" in str(fleet.unservable_reason([cpu_worker(state="draining")], "trtbatch.cpu.fp32"))
+        fleet.unservable_reason([], "trtbatch.any.any.bf16"))
+    assert "it needs a CPU worker with Paddle" in str(fleet.unservable_reason([gpu], "trtbatch.paddle.cpu.fp32"))
+    assert "live: cpu@node1" in str(fleet.unservable_reason([cpu_worker(state="draining")],
+                                                           "trtbatch.paddle.cpu.fp32"))
+    assert "Paddle, paddle2onnx and onnx" in str(fleet.unservable_reason([cpu], "trtbatch.paddle.any.convert"))

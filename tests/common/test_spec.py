@@ -38,11 +38,13 @@ def trt_spec(precision: str = "fp32", manifest: ModelManifest = QUANT, batch: in
 
 # -- NodeInfo -------------------------------------------------------------------------------------
 def test_capabilities() -> None:
-    assert CPU.capabilities("cpu") == {("cpu", "fp32"), ("cpu", "int8")}
-    assert CPU_BF16.capabilities("cpu") == {("cpu", "fp32"), ("cpu", "int8"), ("cpu", "bf16")}
+    assert CPU.capabilities("cpu") == {("paddle", "cpu", "fp32"), ("paddle", "cpu", "int8")}
+    assert CPU_BF16.capabilities("cpu") == {("paddle", "cpu", "fp32"), ("paddle", "cpu", "int8"),
+                                           ("paddle", "cpu", "bf16")}
     assert CPU.capabilities("gpu") == set()
-    assert TRT.capabilities("gpu") == {("gpu", "fp32"), ("trt", "fp32"), ("trt", "fp16"), ("trt", "int8")}
-    assert CUDA_ONLY.capabilities("gpu") == NO_LIBNVINFER.capabilities("gpu") == {("gpu", "fp32")}
+    assert TRT.capabilities("gpu") == {("paddle", "gpu", "fp32"), ("paddle", "trt", "fp32"), ("paddle", "trt", "fp16"),
+                                       ("paddle", "trt", "int8")}
+    assert CUDA_ONLY.capabilities("gpu") == NO_LIBNVINFER.capabilities("gpu") == {("paddle", "gpu", "fp32")}
     assert NO_GPU_VISIBLE.capabilities("gpu") == set()
     assert TRT.has_trt and TRT.trt_version == "8.5.3"
     assert not NO_LIBNVINFER.has_trt and NO_LIBNVINFER.trt_version == ""
@@ -157,7 +159,7 @@ def test_gpu_refusals_say_why(node: NodeInfo, backend: str, reason: str) -> None
     precision = "fp16" if node is TRT else "fp32"
     with pytest.raises(PrecisionUnsupportedError) as info:
         build_spec(FP32, VID, node, "gpu", backend, precision, 8)
-    assert str(info.value).startswith(f"cannot build a {backend}/{precision} predictor here: ")
+    assert str(info.value).startswith(f"cannot build a paddle {backend}/{precision} predictor here: ")
     assert reason in str(info.value)
 
 
@@ -210,7 +212,7 @@ def test_calib_key_ignores_how_the_predictor_uses_the_table(changes: dict[str, b
 
 def test_engine_cache_name() -> None:
     name = trt_spec("int8", QUANT, batch=16).engine_cache_name()
-    for part in (VID, "trt", "int8", "NVIDIA-H100-80GB-HBM3", "cc90", "trt8.5.3", "paddle2.6.2", "bs1-16-64"):
+    for part in (VID, "paddle", "trt", "int8", "NVIDIA-H100-80GB-HBM3", "cc90", "trt8.5.3", "paddle2.6.2", "bs1-16-64"):
         assert part in name.split("_"), (part, name)
     assert "/" not in name and " " not in name
     assert name != trt_spec("int8", QUANT, batch=32).engine_cache_name()
@@ -221,4 +223,4 @@ def test_engine_cache_name() -> None:
     newer_name = trt_spec("int8", QUANT, node=newer).engine_cache_name()
     assert "trt8.6.1" in newer_name and "paddle2.6.3" in newer_name
     cpu_name = cpu_spec().engine_cache_name()
-    assert cpu_name.startswith(f"{VID}_cpu_fp32_paddle2.6.2_") and "cc" not in cpu_name
+    assert cpu_name.startswith(f"{VID}_paddle_cpu_fp32_paddle2.6.2_") and "cc" not in cpu_name

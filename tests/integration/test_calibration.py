@@ -205,5 +205,5 @@ def test_trt_table_flow_around_the_tensorrt_step(client, digits, tmp_path, monke
     for target in ("trt", "any"):
         plan = submit.make_plan(client, submit.SubmitOptions(paths=("x",), model="dtrt", precision="int8",
                                                              target=target, batch_size=16))
-        assert plan.resolved.int8_source == "trt-calib" and plan.queue == "trtbatch.trt.int8"
+        assert plan.resolved.int8_source == "trt-calib" and plan.queue == "trtbatch.paddle.trt.int8"
     client.conn.delete(keys.calib_table(vid, serving.calib_key()))

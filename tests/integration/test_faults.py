@@ -549,16 +549,16 @@ def test_precision_the_node_cannot_build_fails_at_once(faults, digits):
     """A TensorRT FP16 batch reaching a CPU worker (listening on the trt.fp16 queue by mistake) fails at
     once with a clear reason, one delivery per batch."""
     fx = faults(RETRY_BACKOFF_S="0.5")
-    proc = fx.worker("nofp16-a", "--queues", "trtbatch.trt.fp16")
+    proc = fx.worker("nofp16-a", "--queues", "trtbatch.paddle.trt.fp16")
     files = sorted(digits["images"].glob("digit_00*.png"))[:8]
     job_id = submit.submit(fx.client, submit.SubmitOptions(paths=tuple(map(str, files)), model="digits",
                                                            precision="fp16", target="trt", batch_size=4))
-    assert fx.client.store.meta(job_id)["queue"] == "trtbatch.trt.fp16"
+    assert fx.client.store.meta(job_id)["queue"] == "trtbatch.paddle.trt.fp16"  # no ONNX form: Paddle only
     final = jobs.wait(fx.client, job_id, timeout_s=120)
     records = assert_exactly_once(fx, job_id, len(files), final)
     for rec in records.values():
         assert not rec.ok and rec.error_code == "precision_unsupported", rec
-        assert "cannot build a trt/fp16 predictor here" in rec.error and "without CUDA" in rec.error
+        assert "cannot build a paddle trt/fp16 predictor here" in rec.error and "without CUDA" in rec.error
     assert written_batches(fx.conn, job_id) == dict.fromkeys(range(2), "failed:precision_unsupported")
     wait_all_acked(fx, job_id)  # a retry would be queued before its original is acked
     assert deliveries(fx.conn, job_id) == dict.fromkeys(range(2), 1)

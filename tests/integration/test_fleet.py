@@ -90,7 +90,8 @@ def test_warm_start_fleet_view_check_and_expiry(fleet_env, digits):
         assert out.returncode == 0, out.stderr
         (row,) = [w for w in json.loads(out.stdout) if w["name"] == "fleet-a"]
         assert row["host"] == socket.gethostname() and row["pid"] > 0 and row["device"] == "cpu"
-        assert row["cpu_threads"] == 1 and "cpu/fp32" in row["capabilities"] and "cpu/int8" in row["capabilities"]
+        assert row["cpu_threads"] == 1 and "paddle:cpu/fp32" in row["capabilities"]
+        assert "paddle:cpu/int8" in row["capabilities"] and "onnxruntime:cpu/int8" in row["capabilities"]
         assert any(p["precision"] == "fp32" for s in row["slots"] for p in s["predictors"])
         assert row["images_per_s"] > 0 and row["metrics_port"] == port
         text = cli(env, "workers").stdout

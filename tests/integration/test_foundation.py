@@ -126,9 +126,9 @@ def test_status_says_when_no_live_worker_can_serve(client, cpu_worker, digits):
     opts = submit.SubmitOptions(paths=tuple(map(str, files)), model="digits", precision="fp16")
     job_id = submit.submit(client, opts)
     st = jobs.status(client, job_id)
-    assert st["queue"] == "trtbatch.any.fp16"
+    assert st["queue"] == "trtbatch.paddle.any.fp16"  # digits has no ONNX form: only Paddle-TRT can serve it
     assert st["served_by"] == []
-    assert "no live worker can serve queue trtbatch.any.fp16" in st["unservable"]
+    assert "no live worker can serve queue trtbatch.paddle.any.fp16" in st["unservable"]
     client.store.cancel(job_id)
 
 

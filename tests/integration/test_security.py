@@ -286,7 +286,7 @@ def test_tls_with_client_certificates_end_to_end(tls_redis, slow_refusals, node,
     plain_out = finish(slow_refusals["plain client on the TLS port"])
     assert_one_line_error(plain_out, "cannot reach Redis")
     assert_no_secret({"no CA": no_ca.stderr, "mixed": mixed.stderr, "plain": plain_out.stderr}, TLS_PASSWORD)
-    assert server.client().llen(keys.broker_queue("trtbatch.any.fp32")) == 0
+    assert server.client().llen(keys.broker_queue("trtbatch.any.any.fp32")) == 0
 
 
 # -- ACL user ----------------------------------------------------------------------------------------
@@ -414,7 +414,7 @@ def test_pickled_message_is_refused_not_unpickled(acl_redis, node, digits, tmp_p
     marker = tmp_path / "unpickled-by-the-worker"
     log = tmp_path / "logs" / "worker.log"
     name = f"pickle-{uuid.uuid4().hex[:6]}@test"
-    queue = "trtbatch.any.fp32"
+    queue = "trtbatch.any.any.fp32"
     env = {**node, **acl_env(port, "env")}
     proc = start_worker(worker_env(env), name, log, "--loglevel", "DEBUG")
     try:

@@ -32,6 +32,8 @@ class Predictor(ABC):
     declared_input_shape: list[int]
     build_s: float = 0.0
     runs: int = 0
+    #: whether ``run_device`` takes a batch already in device memory (a CUDA array)
+    accepts_device_input: bool = False
 
     @property
     def input_name(self) -> str:
@@ -40,6 +42,10 @@ class Predictor(ABC):
     @abstractmethod
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """One forward pass on a float32 NCHW batch; the outputs are copies owned by the caller."""
+
+    def run_device(self, tensor: object) -> dict[str, np.ndarray]:
+        """One forward pass on a float32 NCHW batch in device memory (``__cuda_array_interface__``)."""
+        raise TypeError(f"the {self.spec.engine} {self.spec.backend} predictor takes host batches only")
 
     @abstractmethod
     def close(self) -> None:

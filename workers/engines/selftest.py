@@ -1,4 +1,4 @@
-"""GPU numerical self-test: never serve silently wrong results.
+"""GPU numerical self-tests, one per engine: never serve silently wrong results.
 
 paddlepaddle-gpu 2.6.2 (CUDA 11.8 build) lacks kernels for compute capability 9.0: on H100/H200
 its predictors run, fast, and return garbage (measured on H200: ResNet50 logits with relative
@@ -6,10 +6,15 @@ error 1.0 against the CPU, and different garbage with IR optimisation on or off)
 therefore runs a small conv/BN/ReLU/linear network through Paddle Inference on the CPU and on its
 GPU at start, and compares. ``gpu_selftest`` (setting): ``enforce`` refuses to start a worker whose
 GPU disagrees, ``warn`` starts it with the finding in its fleet record, ``off`` skips the test.
+
+ONNX Runtime's CUDA EP is checked the same way (``ort_gpu_selftest``), on a canary built with the
+``onnx`` package alone (a GPU node needs no Paddle): a failing engine loses its GPU capabilities,
+the other engine keeps its own.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 from pathlib import Path
 
@@ -75,4 +80,62 @@ def gpu_selftest() -> tuple[bool, str]:
             return False, f"GPU predictor failed: {str(exc).strip().splitlines()[0][:200]}"
     rel = float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-12))
     detail = f"relative L2 error of a conv/BN/ReLU/linear canary, GPU vs CPU: {rel:.3g} (tolerance {TOLERANCE})"
+    return bool(np.isfinite(rel) and rel <= TOLERANCE), detail
+
+
+def ort_canary(dest: Path) -> Path:
+    """conv/BN/ReLU x2, max-pool, flatten, linear, seeded weights, written with onnx.helper."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+
+    def const(name: str, arr: np.ndarray) -> onnx.TensorProto:
+        return numpy_helper.from_array(arr.astype(np.float32), name)
+
+    inits = [const("w1", rng.standard_normal((16, 3, 3, 3)) * 0.2), const("b1", rng.standard_normal(16) * 0.1),
+             const("w2", rng.standard_normal((16, 16, 3, 3)) * 0.1), const("b2", rng.standard_normal(16) * 0.1),
+             const("wl", rng.standard_normal((16 * 16 * 16, 10)) * 0.02), const("bl", rng.standard_normal(10))]
+    for i in (1, 2):
+        inits += [const(f"g{i}", rng.uniform(0.5, 1.5, 16)), const(f"be{i}", rng.standard_normal(16) * 0.1),
+                  const(f"m{i}", rng.random(16) - 0.5), const(f"v{i}", rng.random(16) + 0.5)]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c1", "g1", "be1", "m1", "v1"], ["n1"]),
+             helper.make_node("Relu", ["n1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c2", "g2", "be2", "m2", "v2"], ["n2"]),
+             helper.make_node("Relu", ["n2"], ["r2"]),
+             helper.make_node("MaxPool", ["r2"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "wl", "bl"], ["y"])]
+    graph = helper.make_graph(nodes, "canary",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    path = dest / "model.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def ort_gpu_selftest() -> tuple[bool | None, str]:
+    """(agrees, detail) for ONNX Runtime's CUDA EP on GPU 0 of this process against its CPU EP."""
+    from workers.engines.ort_engine import onnxruntime
+
+    if importlib.util.find_spec("onnx") is None:
+        return None, "not run: the onnx package is not installed (pip install onnx)"
+    ort = onnxruntime(gpu=True)
+    x = np.random.default_rng(3).standard_normal((4, *CANARY_SHAPE[1:])).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(ort_canary(Path(tmp)))
+        ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        try:
+            session = ort.InferenceSession(path, providers=["CUDAExecutionProvider"])
+            if "CUDAExecutionProvider" not in session.get_providers():
+                return False, "the CUDA execution provider did not load (CUDA / cuDNN libraries missing?)"
+            got = session.run(None, {"x": x})[0]
+        except Exception as exc:
+            return False, f"CUDA EP session failed: {str(exc).strip().splitlines()[0][:200]}"
+    rel = float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-12))
+    detail = (f"relative L2 error of a conv/BN/ReLU/linear canary, ONNX Runtime CUDA EP vs CPU EP: {rel:.3g} "
+              f"(tolerance {TOLERANCE})")
     return bool(np.isfinite(rel) and rel <= TOLERANCE), detail

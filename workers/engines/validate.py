@@ -9,6 +9,7 @@ matches its number of classes; a model registered as quantized really carries qu
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from common.errors import ModelError
-from common.manifest import MODEL_FILE, PARAMS_FILE, ModelManifest
-from common.spec import PredictorSpec
+from common.manifest import MODEL_FILE, ONNX_FILE, ModelManifest
+from common.node import CPU_EP
+from common.spec import OrtSettings, PredictorSpec
 from workers import engines
 from workers.engines.base import Predictor
 from workers.engines.paddle_import import paddle
@@ -29,19 +31,37 @@ QUANT_OPS = {"quantize_linear", "dequantize_linear", "fake_quantize_abs_max",
              "fake_channel_wise_quantize_dequantize_abs_max", "fake_quantize_dequantize_abs_max"}
 
 
-def program_op_types(model_dir: Path) -> set[str]:
-    program = paddle().static.Program.parse_from_string((model_dir / MODEL_FILE).read_bytes())
-    return {op.type for block in program.blocks for op in block.ops}
+ONNX_QUANT_OPS = {"QuantizeLinear", "DequantizeLinear"}
+
+
+def program_op_types(model_dir: Path, manifest: ModelManifest) -> set[str]:
+    """The operator types of the model's program (Paddle) or graph (ONNX)."""
+    if manifest.format == "onnx":
+        import onnx
+
+        return {node.op_type for node in onnx.load(str(model_dir / ONNX_FILE), load_external_data=False).graph.node}
+    pd = paddle()
+    pd.enable_static()  # Program.parse_from_string builds static-graph operators
+    try:
+        program = pd.static.Program.parse_from_string((model_dir / MODEL_FILE).read_bytes())
+        return {op.type for block in program.blocks for op in block.ops}
+    finally:
+        pd.disable_static()
 
 
 def _predictor(model_dir: Path, manifest: ModelManifest, opt_dir: Path) -> Predictor:
-    """The model on one CPU thread with oneDNN, in INT8 when it is quantized: what a CPU worker builds."""
+    """The model on one CPU thread - Paddle with oneDNN, or ONNX Runtime's CPU EP for an ONNX model -
+    in INT8 when it is quantized: what a CPU worker builds."""
+    engine = "onnxruntime" if manifest.format == "onnx" else "paddle"
     spec = PredictorSpec(version_id="validate", backend="cpu", precision="int8" if manifest.quantized else "fp32",
-                         device="cpu", cpu_threads=1, input_shape=tuple(manifest.input.shape))
+                         device="cpu", cpu_threads=1, input_shape=tuple(manifest.input.shape), engine=engine)
+    if engine == "onnxruntime":
+        spec = dataclasses.replace(spec, ort=OrtSettings(provider=CPU_EP, model_variant="fp32"))
     try:
         return engines.build(spec, model_dir, opt_dir)
     except ModelError as exc:
-        raise ModelError(f"Paddle cannot load the model: {exc}") from exc
+        raise ModelError(f"{'ONNX Runtime' if engine == 'onnxruntime' else 'Paddle'} cannot load the model: {exc}") \
+            from exc
 
 
 def _check_input(pred: Predictor, manifest: ModelManifest) -> None:
@@ -86,12 +106,13 @@ def _check_outputs(outs: dict[str, np.ndarray], manifest: ModelManifest, batch: 
 
 
 def validate(model_dir: Path, manifest: ModelManifest) -> dict[str, Any]:
-    for fname in (MODEL_FILE, PARAMS_FILE):
+    for fname in manifest.model_files:
         if not (model_dir / fname).is_file():
             raise ModelError(f"{model_dir} has no {fname}")
     manifest.validate()
-    ops = program_op_types(model_dir)
-    has_quant = bool(ops & QUANT_OPS)
+    ops = program_op_types(model_dir, manifest)
+    quant_ops = ONNX_QUANT_OPS if manifest.format == "onnx" else QUANT_OPS
+    has_quant = bool(ops & quant_ops)
     if manifest.quantized and not has_quant:
         raise ModelError("registered as quantized, but the program has no quantize/dequantize ops; "
                          "is this the FP32 model?")
@@ -102,6 +123,6 @@ def validate(model_dir: Path, manifest: ModelManifest) -> dict[str, Any]:
             for batch in (1, 2):
                 _check_outputs(_forward(pred, manifest, batch), manifest, batch)
             return {"inputs": pred.input_names, "outputs": pred.output_names,
-                    "quantization_ops": sorted(ops & QUANT_OPS)}
+                    "quantization_ops": sorted(ops & quant_ops)}
         finally:
             pred.close()

@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,7 @@ from common.schemas import BatchPayload, BatchTask, BatchTimings, PayloadItem, P
 from workers.engines.base import Predictor
 from workers.pipeline.context import SlotContext
 from workers.pipeline.decode import decode_all
-from workers.pipeline.predictors import load_manifest, predictor_for
+from workers.pipeline.predictors import manifest_of, predictor_for
 from workers.pipeline.results import BatchOutcome, build_records, write_done
 
 log = logging.getLogger("trtbatch.pipeline")
@@ -108,8 +109,8 @@ def run_batch(ctx: SlotContext, task: BatchTask) -> BatchOutcome:
     if got.state is None or got.written:
         return skip(ctx, task, got)
     items = check_deliverable(ctx, task, got)
-    manifest, model_dir = load_manifest(ctx, task.version_id)
-    predictor = predictor_for(ctx, task, manifest, model_dir)
+    manifest = manifest_of(ctx, task.version_id)
+    predictor = predictor_for(ctx, task, manifest)
     return infer_items(ctx, task, items, manifest, predictor, [started, time.time()])
 
 
@@ -119,20 +120,23 @@ def infer_items(ctx: SlotContext, task: BatchTask, items: list[PayloadItem], man
     [started, fetched] to the seven steps of ``BatchTimings``."""
     pre = Preprocessor(manifest.preprocess, manifest.input.chw, ctx.settings.max_image_pixels,
                        ctx.settings.strict_image_modes)
+    gpu = gpu_decoder(ctx, pre, predictor)
     mode = ctx.identity.pipeline_mode
     if mode is PipelineMode.PARTITIONED:  # CPU: this slot owns its cores
-        decoded, good, batch = _decode(ctx, pre, items, manifest, stamps)
-        outputs = _infer(predictor, batch, stamps)
+        got = _decode(ctx, pre, gpu, items, stamps)
+        outputs = _infer(predictor, got, stamps)
     elif mode is PipelineMode.OVERLAPPED:
-        decoded, good, batch = _decode(ctx, pre, items, manifest, stamps)
+        got = _decode(ctx, pre, gpu, items, stamps)
         with ctx.lock.hold():
-            outputs = _infer(predictor, batch, stamps)
+            outputs = _infer(predictor, got, stamps)
     else:  # the predictor already uses every core: decoding beside it would only make it straggle
         with ctx.lock.hold():
-            decoded, good, batch = _decode(ctx, pre, items, manifest, stamps)
-            outputs = _infer(predictor, batch, stamps)
-    records = build_records(ctx.identity, task, items, decoded, good, outputs, manifest, predictor.spec.backend)
-    timings = BatchTimings(*stamps, time.time(), os.getpid(), mode)  # type: ignore[call-arg]
+            got = _decode(ctx, pre, gpu, items, stamps)
+            outputs = _infer(predictor, got, stamps)
+    records = build_records(ctx.identity, task, items, got.decoded, got.good, outputs, manifest, predictor.spec.engine,
+                            predictor.spec.backend)
+    h2d = got.h2d_bytes if predictor.spec.device == "gpu" else 0
+    timings = BatchTimings(*stamps, time.time(), os.getpid(), mode, h2d, got.gpu_decoded)  # type: ignore[call-arg]
     new_ok, new_failed = write_done(ctx, task, records, timings)
     ctx.observer.batch(task.model, task.precision, records, time.time() - timings.started_s,
                        timings.infer_end_s - timings.infer_start_s)
@@ -140,18 +144,58 @@ def infer_items(ctx: SlotContext, task: BatchTask, items: list[PayloadItem], man
                         infer_s=timings.infer_end_s - timings.infer_start_s)
 
 
-def _decode(ctx: SlotContext, pre: Preprocessor, items: list[PayloadItem], manifest: ModelManifest,
-            stamps: list[float]) -> tuple[list[tuple[str, ...] | ImageError], list[int], np.ndarray | None]:
+@dataclass
+class Decoded:
+    decoded: list[tuple[str, ...] | ImageError]
+    good: list[int]
+    batch: Any  # numpy array (host) or a device array (GPU decode), None when nothing decoded
+    h2d_bytes: int = 0
+    gpu_decoded: int = 0
+
+
+def gpu_decoder(ctx: SlotContext, pre: Preprocessor, predictor: Predictor) -> Any:
+    """This slot's GPU decoder for the model's preprocessing, when the worker decodes on the GPU and
+    the predictor takes device batches; else None (the Pillow path)."""
+    if not (ctx.identity.gpu_decode and predictor.accepts_device_input):
+        return None
+    key = (pre.pre, pre.chw, pre.max_pixels, pre.strict_modes)
+    found = ctx.gpu_decoders.get(key)
+    if found is None:
+        from workers.pipeline.gpu_decode import GpuDecoder
+
+        try:
+            found = GpuDecoder(pre, predictor.spec.gpu_id)
+        except Exception as exc:  # a decoder that cannot start: this slot decodes with Pillow, and says so
+            log.error("GPU decoding is unavailable in this slot, decoding with Pillow: %s", exc)
+            ctx.publish_state(last_error=f"GPU decode unavailable: {type(exc).__name__}: {exc}"[:500])
+            found = False
+        ctx.gpu_decoders[key] = found
+    return found or None
+
+
+def _decode(ctx: SlotContext, pre: Preprocessor, gpu: Any, items: list[PayloadItem], stamps: list[float]) -> Decoded:
     stamps.append(time.time())
-    buf, decoded = decode_all(ctx.pool, ctx.identity.decode_threads, pre, items, manifest.input.chw)
+    if gpu is not None:
+        def on_cpu(subset: list[PayloadItem]) -> tuple[np.ndarray, list[tuple[str, ...] | ImageError]]:
+            return decode_all(ctx.pool, ctx.identity.decode_threads, pre, subset, pre.chw)
+
+        out = gpu.decode(items, on_cpu)
+        stamps.append(time.time())
+        return Decoded(out.decoded, out.good, out.tensor if out.good else None, out.h2d_bytes, out.on_gpu)
+    buf, decoded = decode_all(ctx.pool, ctx.identity.decode_threads, pre, items, pre.chw)
     good = [i for i, d in enumerate(decoded) if not isinstance(d, ImageError)]
     stamps.append(time.time())
     batch = None if not good else (buf if len(good) == len(items) else buf[good])
-    return decoded, good, batch
+    return Decoded(decoded, good, batch, batch.nbytes if batch is not None else 0)
 
 
-def _infer(predictor: Predictor, batch: np.ndarray | None, stamps: list[float]) -> dict[str, np.ndarray]:
+def _infer(predictor: Predictor, got: Decoded, stamps: list[float]) -> dict[str, np.ndarray]:
     stamps.append(time.time())
-    outputs = predictor.run(batch) if batch is not None else {}
+    if got.batch is None:
+        outputs: dict[str, np.ndarray] = {}
+    elif isinstance(got.batch, np.ndarray):
+        outputs = predictor.run(got.batch)
+    else:
+        outputs = predictor.run_device(got.batch)
     stamps.append(time.time())
     return outputs

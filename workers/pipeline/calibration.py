@@ -18,22 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from celery import Task
-from celery.exceptions import Retry
 
 from common import calibration as calib_contract
-from common import keys
+from common import catalog, keys
 from common.errors import CalibrationError, PermanentError
 from common.imaging import Preprocessor
-from common.manifest import ModelManifest
-from common.routing import BACKEND_PREFERENCE, INT8_QUANTIZED, INT8_TRT_CALIB
+from common.manifest import ONNX_FILE, ModelManifest
+from common.routing import INT8_QUANTIZED, INT8_TRT_CALIB, choose
 from common.schemas import BatchPayload, CalibTask
-from common.spec import build_spec
+from common.spec import ORT_CALIBRATION_TABLE, PredictorSpec, build_spec
 from workers.engines import quantize
-from workers.pipeline import context, qreport
+from workers.pipeline import qreport
 from workers.pipeline.context import SlotContext
 from workers.pipeline.decode import decode_all
-from workers.pipeline.predictors import load_manifest, predictor_for_spec
+from workers.pipeline.predictors import load_manifest, manifest_of, predictor_for_spec
 
 log = logging.getLogger("trtbatch.calibration")
 
@@ -99,30 +97,62 @@ def trt(ctx: SlotContext, task: CalibTask, manifest: ModelManifest, model_dir: P
     return task.model, task.version_id
 
 
+def ort_trt(ctx: SlotContext, task: CalibTask, manifest: ModelManifest, model_dir: Path, arrays: np.ndarray
+            ) -> tuple[str, str]:
+    """Route a on ONNX Runtime: ONNX Runtime's entropy calibrator runs the FP32 ONNX form on the CPU EP
+    over the calibration images and writes TensorRT's table (FlatBuffers), published under the ONNX
+    version for every TensorRT EP worker; returns the ONNX version it belongs to."""
+    from workers.engines import ort_quantize
+
+    onnx_vid = catalog.engine_artifact(ctx.artifacts, task.version_id, manifest, "onnxruntime", "fp32")
+    onnx_manifest, onnx_dir = load_manifest(ctx, onnx_vid)
+    batch = min(task.batch_size, manifest.max_batch_size)
+    with tempfile.TemporaryDirectory(dir=ctx.cache_dir) as tmp:
+        table = ort_quantize.calibration_table(onnx_dir / ONNX_FILE, onnx_manifest.input.name, arrays, batch, Path(tmp))
+        spec = PredictorSpec(version_id=onnx_vid, backend="trt", precision="int8", device="gpu", engine="onnxruntime")
+        meta = {"job_id": task.job_id, "samples": len(arrays), "batch_size": batch, "method": "ort-entropy",
+                "calibration_sha256": calibration_sha(arrays), "worker": ctx.identity.name,
+                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        calib_contract.publish_tables(ctx.artifacts, spec, {ORT_CALIBRATION_TABLE: table}, meta)
+    return onnx_manifest.name, onnx_vid
+
+
 def report(ctx: SlotContext, task: CalibTask, fp32_manifest: ModelManifest, result_name: str, result_vid: str
            ) -> dict[str, Any]:
     arrays, labels, _ = decode_set(ctx, task.job_id, task.eval_payload_keys, fp32_manifest, 0, False)
     batch = min(task.batch_size, fp32_manifest.max_batch_size)
-    caps = ctx.identity.capabilities
     results: dict[str, tuple[np.ndarray, float]] = {}
+    served_by: dict[str, tuple[str, str]] = {}
     for precision in ("fp32", "int8", "bf16", "fp16"):
-        backend = next((b for b in BACKEND_PREFERENCE if (b, precision) in caps), None)
-        if backend is None or (precision == "int8" and task.method == "trt" and backend != "trt"):
+        where = _report_backend(ctx, task, precision)
+        if where is None:
             continue
         if precision == "int8":
             vid, source = result_vid, (INT8_TRT_CALIB if task.method == "trt" else INT8_QUANTIZED)
         else:
             vid, source = task.version_id, None
-        manifest, model_dir = load_manifest(ctx, vid)
-        predictor = predictor_for_spec(ctx, vid, manifest, model_dir, backend, precision, batch, source)
+        predictor = predictor_for_spec(ctx, vid, manifest_of(ctx, vid), where[1], precision,  # type: ignore[arg-type]
+                                       batch, source, where[0])  # type: ignore[arg-type]
         outputs, rate = qreport.measure(lambda x, p=predictor: next(iter(p.run(x).values())), arrays, batch)
-        results[precision] = (outputs, rate)
+        results[precision], served_by[precision] = (outputs, rate), where
     rep = qreport.build_report(results, qreport.label_indices(labels, fp32_manifest.postprocess.labels),
                                task.drop_threshold_pt)
     rep["eval_images"] = len(arrays)
     for row in rep["precisions"]:
-        row["backend"] = next(b for b in BACKEND_PREFERENCE if (b, row["precision"]) in caps)
+        row["engine"], row["backend"] = served_by[row["precision"]]
     return rep
+
+
+def _report_backend(ctx: SlotContext, task: CalibTask, precision: str) -> tuple[str, str] | None:
+    """Where this worker evaluates ``precision`` for the report: the job's engine, its fastest backend;
+    INT8 from a TensorRT table only on TensorRT."""
+    try:
+        engine, backend = choose(task.engine, "any", precision, ctx.identity.capabilities)
+    except PermanentError:
+        return None
+    if precision == "int8" and task.method == "trt" and backend != "trt":
+        return None
+    return engine, backend
 
 
 def run_calibration(ctx: SlotContext, task: CalibTask) -> dict[str, Any]:
@@ -134,7 +164,8 @@ def run_calibration(ctx: SlotContext, task: CalibTask) -> dict[str, Any]:
     arrays, _, bad = decode_set(ctx, task.job_id, task.payload_keys, manifest, task.samples, True)
     warnings = calib_contract.check_count(task.method, len(arrays), bad)
     started = time.perf_counter()
-    name, vid = (ptq if task.method == "ptq" else trt)(ctx, task, manifest, model_dir, arrays)
+    run = ptq if task.method == "ptq" else (ort_trt if task.engine == "onnxruntime" else trt)
+    name, vid = run(ctx, task, manifest, model_dir, arrays)
     out: dict[str, Any] = {"result_name": name, "result_version": vid, "warnings": warnings,
                            "calibration_s": round(time.perf_counter() - started, 3), "samples": len(arrays)}
     if task.eval_payload_keys:
@@ -145,34 +176,3 @@ def run_calibration(ctx: SlotContext, task: CalibTask) -> dict[str, Any]:
         ctx.conn.set(keys.report(vid), json.dumps(rep))
         out["report"] = rep
     return out
-
-
-def calibrate(task_self: Task, message: dict[str, Any]) -> dict[str, Any]:
-    ctx = context.current()
-    task = CalibTask.decode(message)
-    if ctx.store.job_state(task.job_id) in ("done", "failed", "cancelled"):
-        return {"skipped": "job already finished"}
-    try:
-        result = run_calibration(ctx, task)
-    except PermanentError as exc:
-        ctx.store.finish(task.job_id, "failed", error=str(exc))
-        return {"error": str(exc)}
-    except Retry:
-        raise
-    except Exception as exc:
-        return retry_or_fail(task_self, ctx, task, exc)
-    ctx.store.finish(task.job_id, "done", **{k: v for k, v in result.items() if k != "report"})
-    ctx.conn.delete(*task.payload_keys, *task.eval_payload_keys)
-    return {"result_version": result["result_version"]}
-
-
-def retry_or_fail(task_self: Task, ctx: SlotContext, task: CalibTask, exc: Exception) -> dict[str, Any]:
-    retries = task_self.request.retries
-    reason = f"{type(exc).__name__}: {exc}"
-    if retries >= ctx.settings.task_max_retries:
-        log.error("calibration job %s failed after %d retries: %s", task.job_id, retries, reason)
-        ctx.store.finish(task.job_id, "failed", error=f"failed after {retries} retries: {reason}"[:2000])
-        return {"error": reason}
-    countdown = ctx.settings.retry_backoff_s * (2 ** retries)
-    log.warning("calibration job %s failed (%s); retry %d in %.1fs", task.job_id, reason, retries + 1, countdown)
-    raise task_self.retry(exc=exc, countdown=countdown, max_retries=ctx.settings.task_max_retries) from exc

@@ -28,8 +28,9 @@ from common.artifacts import ArtifactStore
 from common.config import Settings
 from common.errors import DecodeError
 from common.manifest import ModelManifest
+from common.node import NodeInfo
 from common.schemas import SCHEMA_VERSION, Device, PipelineMode, ResultRecord, SlotState
-from common.spec import NodeInfo, PredictorSpec
+from common.spec import PredictorSpec
 from common.store import JobStore
 
 IDENTITY_ENV = "_TRTBATCH_WORKER_IDENTITY"  # not TRTBATCH_*: that prefix is reserved for settings
@@ -43,7 +44,7 @@ class WorkerIdentity:
     cpu_threads: int
     slots: int
     decode_threads: int
-    capabilities: frozenset[tuple[str, str]]
+    capabilities: frozenset[tuple[str, str, str]]  # (engine, backend, precision)
     queues: tuple[str, ...]
     node: NodeInfo
     lock_path: str
@@ -52,6 +53,8 @@ class WorkerIdentity:
     overlap_decode: bool = True
     predictor_threads: int = 1
     shared_device: bool = True
+    #: decode JPEGs on the GPU (workers/pipeline/gpu_decode.py) for engines that take device batches
+    gpu_decode: bool = False
     schema: int = SCHEMA_VERSION
 
     @property
@@ -77,11 +80,10 @@ class WorkerIdentity:
             data = json.loads(text)
             if data.get("schema") != SCHEMA_VERSION:
                 raise DecodeError(f"WorkerIdentity: schema {data.get('schema')!r} is not {SCHEMA_VERSION}")
-            node = data.pop("node")
-            node["trt_compile_version"] = tuple(node["trt_compile_version"])
+            node = NodeInfo.from_dict(data.pop("node"))
             data["capabilities"] = frozenset(tuple(c) for c in data["capabilities"])
             data["queues"], data["warm"] = tuple(data["queues"]), tuple(data["warm"])
-            return cls(node=NodeInfo(**node), **data)
+            return cls(node=node, **data)
         except (ValueError, KeyError, TypeError) as exc:
             raise DecodeError(f"WorkerIdentity: {exc}") from exc
 
@@ -134,6 +136,10 @@ class SlotContext:
     predictors: Any  # workers.engines.cache.PredictorCache
     observer: SlotObserver = field(default_factory=SlotObserver)
     manifests: dict[str, ModelManifest] = field(default_factory=dict)
+    #: (version, engine, variant) -> the version that engine loads (workers/pipeline/predictors.py)
+    artifact_ids: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    #: preprocessing (a manifest's table) -> its GPU decoder (workers/pipeline/gpu_decode.py)
+    gpu_decoders: dict[Any, Any] = field(default_factory=dict)
     state: SlotState = field(default_factory=SlotState)
 
     @property

@@ -29,10 +29,11 @@ class BatchOutcome:
 
 
 # -- records ---------------------------------------------------------------------------------------
-def base_record(identity: WorkerIdentity, task: BatchTask, item: PayloadItem, backend: str = "") -> ResultRecord:
+def base_record(identity: WorkerIdentity, task: BatchTask, item: PayloadItem, engine: str = "",
+                backend: str = "") -> ResultRecord:
     return ResultRecord(index=item.index, path=item.path, ok=True, label=item.label, job_id=task.job_id,
                         batch_no=task.batch_no, model=task.model, version_id=task.version_id,
-                        precision=task.precision, backend=backend, worker=identity.name,
+                        precision=task.precision, engine=engine, backend=backend, worker=identity.name,
                         device=identity.device_label)
 
 
@@ -48,7 +49,7 @@ def placeholder_items(task: BatchTask) -> list[PayloadItem]:
 
 def build_records(identity: WorkerIdentity, task: BatchTask, items: list[PayloadItem],
                   decoded: list[tuple[str, ...] | TrtbatchError], good: list[int], outputs: dict[str, np.ndarray],
-                  manifest: ModelManifest, backend: str) -> list[ResultRecord]:
+                  manifest: ModelManifest, engine: str, backend: str) -> list[ResultRecord]:
     """Records for every item: the predictions of the decoded ones (``good``, in batch order), the
     decode error of the others."""
     posts = postprocess.postprocess(outputs, manifest.postprocess, task.top_k) if good else []
@@ -56,7 +57,7 @@ def build_records(identity: WorkerIdentity, task: BatchTask, items: list[Payload
     by_item = {i: n for n, i in enumerate(good)}
     records = []
     for i, item in enumerate(items):
-        rec = base_record(identity, task, item, backend)
+        rec = base_record(identity, task, item, engine, backend)
         outcome = decoded[i]
         if i not in by_item or isinstance(outcome, TrtbatchError):
             records.append(failed(rec, outcome))  # type: ignore[arg-type]

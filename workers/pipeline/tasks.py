@@ -13,7 +13,7 @@ For a batch:
 * a batch that outlives ``task_hard_time_limit_s`` has its process killed by Celery and is
   failed from the main process with ``TimeLimitError`` (``BatchTaskBase.on_failure``).
 
-Calibration jobs follow the same policy (workers/pipeline/calibration.py).
+Calibration and conversion jobs follow the same policy (workers/pipeline/jobs.py).
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ from celery import Celery, Task, shared_task
 from celery.exceptions import Retry, TimeLimitExceeded
 
 from common import keys, redisconn
-from common.celery_app import CALIBRATE_TASK, INFER_TASK
+from common.celery_app import CALIBRATE_TASK, CONVERT_TASK, INFER_TASK
 from common.errors import DeadLetterError, DecodeError, JobError, PermanentError, TimeLimitError
-from common.schemas import BatchTask
+from common.schemas import BatchTask, CalibTask, ConvertTask
 from common.store import JobStore
 from workers.pipeline import context
 from workers.pipeline.batch import run_batch
+from workers.pipeline.jobs import run_job
 from workers.pipeline.results import fail_batch, fail_batch_from_main
 
 log = logging.getLogger("trtbatch.tasks")
@@ -99,9 +100,19 @@ def infer_batch(self: Task, message: dict[str, Any]) -> dict[str, Any]:
 
 @shared_task(name=CALIBRATE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def calibrate_task(self: Task, message: dict[str, Any]) -> dict[str, Any]:
-    from workers.pipeline.calibration import calibrate
+    from workers.pipeline.calibration import run_calibration
 
-    return calibrate(self, message)
+    task = CalibTask.decode(message)
+    return run_job(self, task.job_id, lambda ctx: run_calibration(ctx, task),
+                   (*task.payload_keys, *task.eval_payload_keys))
+
+
+@shared_task(name=CONVERT_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def convert_task(self: Task, message: dict[str, Any]) -> dict[str, Any]:
+    from workers.pipeline.convert import run_conversion
+
+    task = ConvertTask.decode(message)
+    return run_job(self, task.job_id, lambda ctx: run_conversion(ctx, task), task.check_payload_keys)
 
 
 def register(app: Celery) -> None:

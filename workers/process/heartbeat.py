@@ -18,9 +18,9 @@ import redis
 from celery import bootsteps
 
 from common import fleet, redisconn
+from workers.engines import gpus
 from workers.pipeline import context
 from workers.pipeline.context import WorkerIdentity
-from workers.process import gpus
 
 log = logging.getLogger("trtbatch.heartbeat")
 GPU_REFRESH_S = 10.0
@@ -31,9 +31,10 @@ def worker_info(ident: WorkerIdentity, started_s: float, metrics_port: int) -> f
     return fleet.WorkerInfo(
         name=ident.name, host=socket.gethostname(), pid=os.getpid(), device=ident.device_label,
         gpu_index=ident.gpu_index, gpu_name=node.gpu_name, cpu_threads=ident.cpu_threads,
-        capabilities=sorted(f"{b}/{p}" for b, p in ident.capabilities), queues=list(ident.queues),
-        paddle_version=node.paddle_version, trt_version=node.trt_version, started_s=started_s,
-        metrics_port=metrics_port, gpu_selftest=node.gpu_selftest)
+        capabilities=sorted(fleet.capability_label(c) for c in ident.capabilities), queues=list(ident.queues),
+        paddle_version=node.paddle_version, ort_version=node.ort_version,
+        trt_version=node.trt_version or node.trt_runtime_version, started_s=started_s,
+        metrics_port=metrics_port, gpu_selftest=node.gpu_selftest, ort_gpu_selftest=node.ort_gpu_selftest)
 
 
 class Heartbeat:

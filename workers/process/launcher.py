@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 from common.errors import ConfigError
-from workers.process import gpus
+from workers.engines import gpus
 
 log = logging.getLogger("trtbatch.launcher")
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)

@@ -19,6 +19,7 @@ from common import redisconn
 from common.celery_app import make_app
 from common.config import Settings
 from common.errors import ConfigError, TrtbatchError
+from common.node import NodeInfo
 from common.routing import worker_queues
 from workers.engines import probe
 from workers.engines.paddle_engine import set_openmp_env
@@ -33,22 +34,38 @@ from workers.process.warm import WarmGate
 log = logging.getLogger("trtbatch.worker")
 
 
-def build_identity(settings: Settings, args: argparse.Namespace) -> WorkerIdentity:
-    gpu = args.device == "gpu"
+def probe_node(settings: Settings, gpu: bool, gpu_index: int) -> NodeInfo:
+    """What this process's node serves; GPU self-test findings applied as ``gpu_selftest`` says:
+    enforce drops the GPU capabilities of an engine that computes wrong results (and refuses to
+    start if no capability is left), warn keeps them, off does not test."""
     if settings.gpu_selftest not in ("enforce", "warn", "off"):
         raise ConfigError(f"gpu_selftest must be enforce, warn or off, got {settings.gpu_selftest!r}")
     node = probe.detect_in_subprocess(gpu=gpu, selftest=gpu and settings.gpu_selftest != "off")
-    if gpu and not node.capabilities("gpu"):
-        raise ConfigError(f"--device gpu:{args.gpu_index}: {node.why_not('gpu', 'fp32')}")
-    if gpu and node.gpu_selftest_ok is False:
-        message = (f"GPU {args.gpu_index} ({node.gpu_name}, compute capability {node.gpu_compute_capability}) gives "
-                   f"wrong results with Paddle {node.paddle_version}: {node.gpu_selftest}. This Paddle build has no "
-                   f"kernels for this GPU; install a build that supports it (see docs/operations.md)")
-        if settings.gpu_selftest == "enforce":
-            raise ConfigError(message + "; refusing to start (TRTBATCH_GPU_SELFTEST=warn overrides)")
-        log.warning("%s; starting anyway because gpu_selftest=warn", message)
+    if not gpu:
+        return node
+    for engine, ok, detail in (("Paddle " + node.paddle_version, node.gpu_selftest_ok, node.gpu_selftest),
+                               ("ONNX Runtime " + node.ort_version, node.ort_gpu_selftest_ok, node.ort_gpu_selftest)):
+        if ok is False:
+            log.warning("GPU %d (%s, compute capability %s) gives wrong results with %s: %s; %s", gpu_index,
+                        node.gpu_name, node.gpu_compute_capability, engine, detail,
+                        "serving it anyway (gpu_selftest=warn)" if settings.gpu_selftest == "warn"
+                        else "that engine will not serve this GPU (docs/operations.md)")
+    if settings.gpu_selftest == "warn":
+        node = probe.without_selftest_verdicts(node)
+    if not node.capabilities("gpu"):
+        reasons = "; ".join(f"{e}: {node.why_not(e, 'gpu', 'fp32')}" for e in ("onnxruntime", "paddle"))
+        raise ConfigError(f"--device gpu:{gpu_index}: no engine can serve this GPU ({reasons}); refusing to start")
+    return node
+
+
+def build_identity(settings: Settings, args: argparse.Namespace) -> WorkerIdentity:
+    gpu = args.device == "gpu"
+    node = probe_node(settings, gpu, args.gpu_index)
     caps = frozenset(node.capabilities(args.device))
-    queues = worker_queues(caps)
+    if not caps:
+        raise ConfigError(f"--device {args.device}: no engine is installed here "
+                          f"({node.why_not('paddle', 'cpu', 'fp32')}; {node.why_not('onnxruntime', 'cpu', 'fp32')})")
+    queues = worker_queues(caps, node.convert_from)
     for extra in args.queues or []:
         if extra not in queues:
             queues.append(extra)
@@ -63,11 +80,27 @@ def build_identity(settings: Settings, args: argparse.Namespace) -> WorkerIdenti
     predictor_threads = threads if gpu else max(1, threads // slots)
     decode_threads = args.decode_threads or settings.decode_threads or (threads if gpu else predictor_threads)
     return WorkerIdentity(name=name, device=args.device, gpu_index=args.gpu_index if gpu else None,
+                          gpu_decode=gpu_decode(settings.gpu_decode, gpu, node),
                           cpu_threads=threads, slots=slots, decode_threads=decode_threads,
                           overlap_decode=overlap(settings.overlap_decode, gpu, threads, decode_threads),
                           predictor_threads=predictor_threads, shared_device=gpu or slots == 1,
                           capabilities=caps, queues=tuple(queues), node=node, lock_path=str(lock),
                           warm=tuple(args.warm or ()), start_id=uuid.uuid4().hex[:12])
+
+
+def gpu_decode(setting: str, gpu: bool, node: NodeInfo) -> bool:
+    """Decode on the GPU? Only GPU workers, and only for ONNX Runtime's GPU predictors (which take
+    device batches); ``auto`` when nvImageCodec and CuPy are installed."""
+    from workers.pipeline.gpu_decode import available
+
+    if setting not in ("auto", "on", "off"):
+        raise ConfigError(f"gpu_decode must be auto, on or off, got {setting!r}")
+    if not gpu or setting == "off" or not node.ort_cuda:
+        return False
+    if setting == "on" and not available():
+        raise ConfigError("gpu_decode=on, but nvImageCodec and CuPy do not load here "
+                          "(pip install nvidia-nvimgcodec-cu13 nvidia-nvjpeg cupy-cuda13x)")
+    return available()
 
 
 def overlap(setting: str, gpu: bool, threads: int, decode_threads: int) -> bool:

@@ -72,8 +72,8 @@ def find_orphans(conn: redis.Redis) -> dict[tuple[str, int], JobRecord]:
         if not raw:
             continue
         job = JobRecord.decode(raw)
-        if job.state not in ACTIVE:
-            continue
+        if job.state not in ACTIVE or job.kind != "inference":  # calibration and conversion payloads are
+            continue  # read by their one job message, never sent as batches
         sent_batches = job.n_batches if job.submit_complete else (json.loads(progress) if progress else {}).get(
             "batches", 0)
         for b, w in zip(ordered, written, strict=True):
@@ -106,7 +106,8 @@ def resend(app: Any, conn: redis.Redis, batch_no: int, job: JobRecord) -> None:
     task = BatchTask(job_id=job.job_id, batch_no=batch_no, payload_key=keys.payload(job.job_id, batch_no),
                      version_id=job.version_id, model=job.model, precision=job.precision, target=job.target,
                      batch_size=size, n_images=min(size, sent_images(conn, job) - start), start_index=start,
-                     int8_source=job.int8_source, top_k=job.top_k, include_outputs=job.include_outputs)
+                     int8_source=job.int8_source, top_k=job.top_k, include_outputs=job.include_outputs,
+                     engine=job.engine)
     app.send_task(INFER_TASK, args=[task.encode()], queue=job.queue)
 
 

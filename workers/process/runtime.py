@@ -55,7 +55,8 @@ def _init_child(**_: Any) -> None:
         return
     from workers import engines
 
-    engines.preload(identity.device)  # load once, now, so the first batch does not pay for it
+    # load once, now, so the first batch does not pay for it
+    engines.preload(identity.device, {engine for engine, _, _ in identity.capabilities})
     # Shutdown is the main process's business: it stops taking work and lets each pool process
     # finish its batch. A SIGTERM sent to the whole process group (systemd's default KillMode,
     # `kill -- -PGID`, a terminal) would otherwise kill a pool process mid-batch and the batch would

@@ -1,7 +1,7 @@
 """Warm start: build and exercise predictors before the worker takes any batch.
 
-``trtbatch worker --warm digits:fp32 --warm resnet50:int8:32`` - each entry is
-``MODEL[:PRECISION[:BATCH]]``. Every pool process builds those predictors in
+``trtbatch worker --warm digits:fp32 --warm resnet50:fp16:128:onnxruntime`` - each entry is
+``MODEL[:PRECISION[:BATCH[:ENGINE]]]``. Every pool process builds those predictors in
 ``worker_process_init`` (TensorRT engines come from the engine cache when present) and reports
 the build and warm-up times in its slot record; the ``WarmGate`` worker step holds the consumer
 back until every slot is ready, so no batch waits behind a cold build.
@@ -17,10 +17,10 @@ from typing import Any
 from celery import bootsteps
 
 from common import catalog, fleet, redisconn
-from common.routing import choose_backend
+from common.routing import ENGINE_TARGETS, choose
 from workers.pipeline import context
 from workers.pipeline.context import SlotContext
-from workers.pipeline.predictors import load_manifest, predictor_for_spec
+from workers.pipeline.predictors import manifest_of, predictor_for_spec
 
 log = logging.getLogger("trtbatch.warm")
 
@@ -30,27 +30,32 @@ class WarmRequest:
     model: str
     precision: str = "fp32"
     batch_size: int = 0
+    engine: str = "any"
 
     @classmethod
     def parse(cls, text: str) -> WarmRequest:
         parts = text.split(":")
-        if not parts[0] or len(parts) > 3:
-            raise ValueError(f"--warm {text!r}: expected MODEL[:PRECISION[:BATCH]]")
-        batch = int(parts[2]) if len(parts) == 3 else 0
-        return cls(parts[0], parts[1] if len(parts) > 1 else "fp32", batch)
+        if not parts[0] or len(parts) > 4:
+            raise ValueError(f"--warm {text!r}: expected MODEL[:PRECISION[:BATCH[:ENGINE]]]")
+        if len(parts) > 2 and not parts[2].isdigit():
+            raise ValueError(f"--warm {text!r}: BATCH must be a positive number")
+        engine = parts[3] if len(parts) == 4 else "any"
+        if engine not in ENGINE_TARGETS:
+            raise ValueError(f"--warm {text!r}: ENGINE must be one of {', '.join(ENGINE_TARGETS)}")
+        return cls(parts[0], parts[1] if len(parts) > 1 else "fp32", int(parts[2]) if len(parts) > 2 else 0, engine)
 
 
 def warm_one(ctx: SlotContext, request: WarmRequest) -> dict[str, Any]:
-    backend = choose_backend("any", request.precision, ctx.identity.capabilities)
-    resolved = catalog.resolve(ctx.artifacts, request.model, request.precision, backend)
-    manifest, model_dir = load_manifest(ctx, resolved.version_id)
+    engine, backend = choose(request.engine, "any", request.precision, ctx.identity.capabilities)
+    resolved = catalog.resolve(ctx.artifacts, request.model, request.precision, backend, engine=engine)
+    manifest = manifest_of(ctx, resolved.version_id)
     batch = request.batch_size or min(ctx.settings.default_batch_size, manifest.max_batch_size)
     started = time.perf_counter()
-    predictor = predictor_for_spec(ctx, resolved.version_id, manifest, model_dir, backend,
-                                   request.precision, batch, resolved.int8_source)
+    predictor = predictor_for_spec(ctx, resolved.version_id, manifest, backend,  # type: ignore[arg-type]
+                                   request.precision, batch, resolved.int8_source, engine)  # type: ignore[arg-type]
     built = time.perf_counter() - started
     warm_s = predictor.warm((1, batch), manifest.input.chw)
-    return {"model": resolved.name, "version": resolved.version_id, "backend": backend,
+    return {"model": resolved.name, "version": resolved.version_id, "engine": engine, "backend": backend,
             "precision": request.precision, "batch": batch, "build_s": round(built, 3),
             "warm_s": round(warm_s, 3)}
 

@@ -97,3 +97,17 @@ def test_finished_jobs_and_vanished_orphans_are_forgotten(app, store_conn: redis
     assert sweep(store_conn, app, confirm_s=5, now=1010.0) == []
     assert not store_conn.exists(keys.ORPHANS)
     assert [t.batch_no for t in _queued(store_conn)] == [0]
+
+
+@pytest.mark.parametrize("kind", ["calibration", "conversion"])
+def test_payloads_of_whole_job_tasks_are_never_sent_as_batches(app, store_conn: redis.Redis, kind: str) -> None:
+    """A calibration job's image payloads are read by its one message; sending them again as inference
+    batches (what the sweep once did to a calibration job that ran longer than a sweep) wrote inference
+    records into the calibration job and finished it as done."""
+    _job(store_conn, sent_batches=3, sent_images=12, kind=kind)
+    for b in range(3):
+        store_conn.set(keys.payload(JOB, b), b"payload")
+    assert find_orphans(store_conn) == {}
+    assert sweep(store_conn, app, confirm_s=0, now=1000.0) == []
+    assert sweep(store_conn, app, confirm_s=0, now=1001.0) == []
+    assert _queued(store_conn) == []

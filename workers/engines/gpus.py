@@ -29,3 +29,18 @@ def gpu_memory(index: int) -> tuple[str, int, int] | None:
         return name, int(used), int(total)
     except (OSError, subprocess.SubprocessError, ValueError):
         return None
+
+
+def gpu_details() -> dict[str, object]:
+    """The GPUs this process may use: how many, and the first one's name and compute capability
+    ({} without a driver). Read with nvidia-smi, so it works on a node without Paddle."""
+    indices = gpu_indices()
+    if not indices:
+        return {"gpu_count": 0}
+    try:
+        out = subprocess.run(["nvidia-smi", "-i", str(indices[0]), "--query-gpu=name,compute_cap",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=30, check=True)
+        name, cc = [x.strip() for x in out.stdout.strip().splitlines()[0].split(",")]
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return {"gpu_count": 0}
+    return {"gpu_count": len(indices), "gpu_name": name, "gpu_compute_capability": cc}
