@@ -20,8 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from bench import env as bench_env
 from bench import support as bench_support
-from bench import throughput as bench
 from common.config import Settings
 
 
@@ -42,7 +42,7 @@ def small_images(root: Path, n: int) -> Path:
     return folder
 
 
-def one_load(env: bench.BenchEnv, opts: bench.BenchOptions, n: int, root: Path) -> dict[str, Any]:
+def one_load(env: bench_env.BenchEnv, opts: bench_env.BenchOptions, n: int, root: Path) -> dict[str, Any]:
     folder = small_images(root, n)
     baseline = int(env.client.conn.info("memory")["used_memory"])
     worker = env.start_worker(opts, "digits:fp32:64")
@@ -51,12 +51,12 @@ def one_load(env: bench.BenchEnv, opts: bench.BenchOptions, n: int, root: Path) 
     worker_rss.start()
     redis_mem.start()
     try:
-        out, wall, producer_peak = bench.run_producer(env, ["submit", str(folder), "--model", "digits",
+        out, wall, producer_peak = bench_env.run_producer(env, ["submit", str(folder), "--model", "digits",
                                                             "--batch-size", "64", "--wait", "--json"])
     finally:
         worker_peak = worker_rss.stop()
         redis_peak = redis_mem.stop()
-        bench.stop(worker)
+        bench_env.stop(worker)
     result = json.loads(out)
     elapsed = result["finished_s"] - result["created_s"]
     return {"images": result["n_images"], "failed": result["failed"], "wall_s": round(wall, 2),
@@ -68,12 +68,12 @@ def one_load(env: bench.BenchEnv, opts: bench.BenchOptions, n: int, root: Path) 
             "redis_after_used_memory_mb": round(int(env.client.conn.info("memory")["used_memory"]) / 2**20, 1)}
 
 
-def run(sizes: list[int], opts: bench.BenchOptions, base: Settings | None = None) -> dict[str, Any]:
+def run(sizes: list[int], opts: bench_env.BenchOptions, base: Settings | None = None) -> dict[str, Any]:
     from tools import modelmake
 
     base = base or Settings.from_env()
     workdir = Path(tempfile.mkdtemp(prefix="trtbatch-load-", dir="/tmp"))
-    env = bench.BenchEnv(base, workdir)
+    env = bench_env.BenchEnv(base, workdir)
     try:
         if not env.client.repo.exists("digits"):
             modelmake.make_digits(env.client.repo)

@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from bench import env as bench_env
 from bench import support as bench_support
 from bench import throughput as bench
 from common import catalog, keys
@@ -27,7 +28,7 @@ from producer import jobs, submit
 from producer.calibrate import CalibrateOptions, calibrate, pull_version
 
 
-def model_rates(env: bench.BenchEnv, opts: bench.BenchOptions, precisions: list[str], folder: Path
+def model_rates(env: bench_env.BenchEnv, opts: bench_env.BenchOptions, precisions: list[str], folder: Path
                 ) -> dict[str, Any]:
     """Bare and end-to-end images/s of one model in each precision, one worker for all of them."""
     out: dict[str, Any] = {}
@@ -36,15 +37,15 @@ def model_rates(env: bench.BenchEnv, opts: bench.BenchOptions, precisions: list[
         try:
             bench.ensure_int8(env, opts, folder)
         finally:
-            bench.stop(worker)
+            bench_env.stop(worker)
     arrays = None
     for precision in precisions:
         popts = replace(opts, precision=precision)
         resolved = catalog.resolve(env.client.artifacts, opts.model, precision, "cpu")
         if arrays is None:
             arrays = bench.preprocessed(env.client, resolved.version_id, folder, max(4 * opts.batch_size, 64))
-        out[precision] = {"bare_images_per_s": round(bench.bare(popts, env.client, resolved.version_id,
-                                                                 resolved.int8_source, arrays)["images_per_s"], 2)}
+        rate = bench.bare(popts, env.client, resolved, arrays)["images_per_s"]
+        out[precision] = {"bare_images_per_s": round(rate, 2)}
     warm = [f"{opts.model}:{p}:{opts.batch_size}" for p in precisions]
     worker = env.start_worker(opts, warm)
     try:
@@ -54,7 +55,7 @@ def model_rates(env: bench.BenchEnv, opts: bench.BenchOptions, precisions: list[
             out[precision]["ratio_e2e_over_bare"] = round(result["images_per_s"] / out[precision]["bare_images_per_s"],
                                                           4)
     finally:
-        bench.stop(worker)
+        bench_env.stop(worker)
     base = out.get("fp32")
     for precision, row in out.items():
         if base and precision != "fp32":
@@ -63,7 +64,7 @@ def model_rates(env: bench.BenchEnv, opts: bench.BenchOptions, precisions: list[
     return out
 
 
-def digits_accuracy(env: bench.BenchEnv, opts: bench.BenchOptions, workdir: Path) -> dict[str, Any]:
+def digits_accuracy(env: bench_env.BenchEnv, opts: bench_env.BenchOptions, workdir: Path) -> dict[str, Any]:
     """PTQ calibration report and end-to-end FP32 vs INT8 accuracy on the held-out digits."""
     from tools import modelmake
 
@@ -102,10 +103,10 @@ def digits_accuracy(env: bench.BenchEnv, opts: bench.BenchOptions, workdir: Path
         out["report"] = report.decode() if report else None
         return out
     finally:
-        bench.stop(worker)
+        bench_env.stop(worker)
 
 
-def run(models: list[str], precisions: list[str], opts: bench.BenchOptions, base: Settings | None = None
+def run(models: list[str], precisions: list[str], opts: bench_env.BenchOptions, base: Settings | None = None
         ) -> dict[str, Any]:
     import json
 
@@ -113,10 +114,9 @@ def run(models: list[str], precisions: list[str], opts: bench.BenchOptions, base
 
     base = base or Settings.from_env()
     workdir = Path(tempfile.mkdtemp(prefix="trtbatch-prec-", dir="/tmp"))
-    env = bench.BenchEnv(base, workdir)
+    env = bench_env.BenchEnv(base, workdir)
     try:
-        folder = bench_support.image_folder(base.cache_dir / "bench", max(opts.images, opts.calib_images),
-                                            opts.image_size)
+        folder = bench_support.image_folder(base.cache_dir / "bench", max(opts.images, opts.calib_images), opts.sizes)
         result: dict[str, Any] = {"bench": "precision", "batch_size": opts.batch_size, "threads": opts.threads,
                                   "images": opts.images, "paddle": paddle().__version__,
                                   "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "models": {}}

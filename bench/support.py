@@ -9,36 +9,66 @@ from typing import Any
 
 import numpy as np
 
-
 # -- inputs ------------------------------------------------------------------------------------
-def synthetic_jpeg(size: int, seed: int) -> bytes:
-    """A smooth, photo-like JPEG (gradients, a disc, mild noise): decodes like a real photo."""
+Size = tuple[int, int]  # (width, height)
+#: The default GPU profile: a typical photo / ImageNet image (500x375 JPEG, quality 90).
+PHOTO: Size = (500, 375)
+SQUARE: Size = (256, 256)
+
+
+def parse_sizes(text: str) -> list[Size]:
+    """``"256"`` -> [(256, 256)]; ``"500x375,256x256"`` -> a mix, used in turn."""
+    sizes = []
+    for part in text.split(","):
+        w, x, h = part.strip().lower().partition("x")
+        if not w.isdigit() or not (h if x else w).isdigit():
+            raise ValueError(f"image sizes must be WxH (or N for NxN), e.g. 500x375,256: {text!r}")
+        sizes.append((int(w), int(h or w)))
+    if not sizes or any(w < 16 or h < 16 for w, h in sizes):
+        raise ValueError(f"image sizes must be WxH (or N for NxN), each side >= 16: {text!r}")
+    return sizes
+
+
+def synthetic_jpeg(size: int | Size, seed: int) -> bytes:
+    """A smooth, photo-like JPEG (gradients, a disc, mild noise), quality 90: decodes like a real photo."""
     from PIL import Image, ImageDraw, ImageFilter
 
+    width, height = (size, size) if isinstance(size, int) else size
     rng = np.random.default_rng(seed)
-    x = np.linspace(0, 1, size, dtype=np.float32)
+    xs, ys = np.linspace(0, 1, width, dtype=np.float32), np.linspace(0, 1, height, dtype=np.float32)
     colors = rng.uniform(40, 230, 6)
-    base = np.stack([np.outer(x, 1 - x) * colors[0] + x[None, :] * colors[1] * 0.5,
-                     np.outer(1 - x, x) * colors[2] + x[:, None] * colors[3] * 0.5,
-                     np.full((size, size), colors[4])], -1)
+    base = np.stack([np.outer(ys, 1 - xs) * colors[0] + xs[None, :] * colors[1] * 0.5,
+                     np.outer(1 - ys, xs) * colors[2] + ys[:, None] * colors[3] * 0.5,
+                     np.full((height, width), colors[4])], -1)
     img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
-    r = int(rng.uniform(0.1, 0.3) * size)
-    cx, cy = rng.integers(r, size - r, 2)
+    r = int(rng.uniform(0.1, 0.3) * min(width, height))
+    cx, cy = rng.integers(r, max(r + 1, width - r)), rng.integers(r, max(r + 1, height - r))
     draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=tuple(int(c) for c in rng.uniform(0, 255, 3)))
-    noisy = np.asarray(img.filter(ImageFilter.GaussianBlur(1.5)), np.int16) + rng.integers(-6, 7, (size, size, 3))
+    noisy = np.asarray(img.filter(ImageFilter.GaussianBlur(1.5)), np.int16) + rng.integers(-6, 7, (height, width, 3))
     buf = io.BytesIO()
     Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
     return buf.getvalue()
 
 
-def image_folder(root: Path, n: int, size: int) -> Path:
-    folder = root / f"jpeg-{size}-{n}"
+def _write(args: tuple[Path, Size, int]) -> None:
+    path, size, seed = args
+    path.write_bytes(synthetic_jpeg(size, seed))
+
+
+def image_folder(root: Path, n: int, sizes: int | str | list[Size]) -> Path:
+    """``n`` synthetic JPEGs of ``sizes`` (used in turn), made once (in parallel) and reused."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    sizes = [(sizes, sizes)] if isinstance(sizes, int) else (parse_sizes(sizes) if isinstance(sizes, str) else sizes)
+    tag = "_".join(f"{w}x{h}" if w != h else str(w) for w, h in sizes)
+    folder = root / f"jpeg-{tag}-{n}"
     if (folder / ".complete").exists():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        (folder / f"img_{i:06d}.jpg").write_bytes(synthetic_jpeg(size, i))
+    jobs = [(folder / f"img_{i:06d}.jpg", sizes[i % len(sizes)], i) for i in range(n)]
+    with ProcessPoolExecutor() as pool:
+        list(pool.map(_write, jobs, chunksize=64))
     (folder / ".complete").write_text(str(n))
     return folder
 

@@ -37,10 +37,10 @@ def cli(ctx: click.Context, redis_url: str | None, model_repo: str | None, verbo
 
 
 def _register() -> None:
-    from cli import bench, calibrate, convert, jobs, models, server, submit, worker
+    from cli import bench, calibrate, convert, jobs, models, results, server, submit, worker
     from cli import demo as demo_cmd
 
-    for module in (submit, jobs, models, calibrate, convert, worker, server, demo_cmd, bench):
+    for module in (submit, jobs, results, models, calibrate, convert, worker, server, demo_cmd, bench):
         module.register(cli)
 
 

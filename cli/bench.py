@@ -25,20 +25,38 @@ from cli.util import Context, pass_ctx
               help="Decode the next batch while one runs (worker setting overlap_decode).")
 @click.option("-n", "--images", type=click.IntRange(min=16), default=960, show_default=True,
               help="End-to-end images (a long job shows the steady rate, not start-up).")
-@click.option("--naive-images", type=click.IntRange(min=8), default=160, show_default=True)
-@click.option("--image-size", type=click.IntRange(min=16), default=256, show_default=True)
+@click.option("--naive-images", type=click.IntRange(min=0), default=160, show_default=True,
+              help="Images of the naive baseline (0: skip it).")
+@click.option("--image-size", default="auto", show_default=True,
+              help="JPEG sizes: N (NxN), WxH, or a mix W1xH1,W2xH2 used in turn; auto: 500x375 (a typical photo) on "
+                   "GPUs, 256 on CPUs.")
+@click.option("-e", "--engine", type=click.Choice(["paddle", "onnxruntime"]), default="paddle", show_default=True,
+              help="Which engine serves the job (onnxruntime: the model's ONNX forms are made first).")
+@click.option("--gpu-decode", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="GPU workers: decode JPEGs on the GPU (worker setting gpu_decode).")
+@click.option("--peer", type=click.Choice(["none", "ray"]), default="none", show_default=True,
+              help="Also run a peer system on the same files, model, engine and batch size (ray: Ray Data).")
 @click.option("--bare-seconds", type=float, default=10.0, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also append the JSON line to this file.")
 @pass_ctx
 def bench(ctx: Context, model: str, precision: str, batch_size: int, device: str, threads: int,
-          decode_threads: int, slots: int, overlap_decode: str, images: int, naive_images: int, image_size: int,
-          bare_seconds: float, output: str | None) -> None:
+          decode_threads: int, slots: int, overlap_decode: str, images: int, naive_images: int, image_size: str,
+          engine: str, gpu_decode: str, peer: str, bare_seconds: float, output: str | None) -> None:
     """Measure bare predictor, end-to-end and naive-baseline images/s in one run; print one JSON line."""
-    from bench.throughput import BenchOptions, run
+    from bench.env import BenchOptions
+    from bench.support import parse_sizes
+    from bench.throughput import run
+
+    if image_size != "auto":
+        try:
+            parse_sizes(image_size)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--image-size") from exc
 
     opts = BenchOptions(model=model, precision=precision, batch_size=batch_size, device=device, threads=threads,
                         decode_threads=decode_threads, slots=slots, overlap_decode=overlap_decode, images=images,
-                        naive_images=naive_images, image_size=image_size, bare_seconds=bare_seconds)
+                        naive_images=naive_images, image_size=image_size, bare_seconds=bare_seconds, engine=engine,
+                        gpu_decode=gpu_decode, peer=peer)
     line = json.dumps(run(opts, ctx.settings), sort_keys=True)
     click.echo(line)
     if output:
@@ -61,8 +79,8 @@ def bench(ctx: Context, model: str, precision: str, batch_size: int, device: str
 def bench_precision(ctx: Context, models: tuple[str, ...], precisions: tuple[str, ...], batch_size: int, threads: int,
                     images: int, bare_seconds: float, output: str | None) -> None:
     """FP32 vs INT8 vs bf16 on CPU (bare and end to end) plus digits accuracy; one JSON line."""
+    from bench.env import BenchOptions
     from bench.precision import run
-    from bench.throughput import BenchOptions
     from workers.engines.probe import cpu_bf16
 
     chosen = list(precisions) or (["fp32", "int8", "bf16"] if cpu_bf16() else ["fp32", "int8"])
@@ -82,8 +100,8 @@ def bench_precision(ctx: Context, models: tuple[str, ...], precisions: tuple[str
 @pass_ctx
 def bench_load(ctx: Context, sizes: tuple[int, ...], threads: int, output: str | None) -> None:
     """Small-image jobs of several sizes: wall time and peak memory of producer, worker, Redis."""
+    from bench.env import BenchOptions
     from bench.load import run
-    from bench.throughput import BenchOptions
 
     line = json.dumps(run(sorted(sizes), BenchOptions(threads=threads), ctx.settings), sort_keys=True)
     click.echo(line)

@@ -14,7 +14,7 @@ import pytest
 from common.artifacts import ArtifactStore
 from common.imaging import Preprocessor
 from common.manifest import ModelManifest
-from producer import jobs, submit
+from producer import export, jobs, submit
 from tests.helpers import image_bytes, write
 
 pytestmark = pytest.mark.integration
@@ -135,7 +135,7 @@ def test_status_says_when_no_live_worker_can_serve(client, cpu_worker, digits):
 def test_csv_export_and_cancel(client, cpu_worker, digits):
     job_id, final, _ = run_job(client, sorted(digits["images"].glob("digit_001*.png")))
     out = io.StringIO()
-    n = jobs.export(client, job_id, "csv", out)
+    n = export.export(client, job_id, "csv", out)
     rows = list(csv.DictReader(io.StringIO(out.getvalue())))
     assert n == len(rows) == final.done
     assert rows[0]["ok"] == "True" and rows[0]["top1_label"] and json.loads(rows[0]["top_k"])

@@ -20,7 +20,7 @@ from common import keys
 from common.config import Settings
 from common.schemas import JobRecord, ResultRecord
 from common.store import JobStore
-from producer import jobs
+from producer import export as jobs
 from producer.client import Client
 from tests.conftest import STORE_DB
 from tests.helpers import REPO_ROOT, RedisServer
