@@ -4,6 +4,9 @@ One function turns encoded bytes into the model's input array, so a model traine
 (``trtbatch models make digits``) sees exactly what workers feed it. Pillow releases the GIL while
 decoding and resizing, so a thread pool decodes a batch in parallel.
 
+``preprocess.fit`` = ``pad`` / ``height`` keeps the aspect ratio and pads (``fit_geometry``): the
+padding is written straight into the output, normalised like a pixel of ``pad_value``.
+
 Inputs that are valid but unusual are converted and the conversion is reported in ``notes``:
 EXIF orientation is applied, animated images use their first frame, CMYK/palette/16-bit/alpha
 images are brought to the model's colour mode (alpha composited over white). With
@@ -15,6 +18,7 @@ limit (decompression bombs are refused before any pixel is decoded).
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -72,8 +76,10 @@ class Preprocessor:
         notes: list[str] = []
         img = self._open(data, notes)
         img = self._to_color(img, notes)
-        img = self._resize_crop(img)
-        self._normalise_into(img, out)
+        if self.pre.fit == "stretch":
+            self._normalise_into(self._resize_crop(img), out)
+        else:
+            self._pad_into(img, out)
         return tuple(notes)
 
     # -- steps ---------------------------------------------------------------------------
@@ -109,6 +115,10 @@ class Preprocessor:
         width, height = img.size
         if len(self.pre.resize) == 1:
             factor = self.pre.resize[0] / min(width, height)
+        elif self.pre.fit == "pad":
+            factor = min(self.pre.resize[0] / height, self.pre.resize[1] / width)
+        elif self.pre.fit == "height":  # a capped width only shrinks further: the height decides
+            factor = self.pre.resize[0] / height
         else:
             factor = max(self.pre.resize[0] / height, self.pre.resize[1] / width)
         if factor < 0.5:
@@ -159,6 +169,17 @@ class Preprocessor:
             img = img.crop((left, top, left + crop_w, top + crop_h))
         return img
 
+    def _pad_into(self, img: Image.Image, out: np.ndarray) -> None:
+        """``fit = pad | height``: the scaled image into its place in ``out``, the padding around it
+        normalised like a pixel of value ``pad_value`` (the same float32 steps, so an integer pad
+        value gives exactly what a pixel of that value gives)."""
+        (new_w, new_h), (top, left) = fit_geometry(self.pre, img.size[0], img.size[1])
+        if (new_w, new_h) != img.size:
+            img = img.resize((new_w, new_h), self._resample)
+        pad = np.float32(self.pre.pad_value) * self._a + self._b
+        out[...] = pad[:, None, None]
+        self._normalise_into(img, out[:, top:top + new_h, left:left + new_w])
+
     def _normalise_into(self, img: Image.Image, out: np.ndarray) -> None:
         """(pixel * scale - mean) / std as pixel * a + b, computed straight from the uint8 pixels
         into the CHW output: two passes, no temporaries (5x faster than broadcasting over HWC)."""
@@ -168,6 +189,21 @@ class Preprocessor:
             chw = chw[::-1]
         np.multiply(chw, self._a[:, None, None], out=out)
         np.add(out, self._b[:, None, None], out=out)
+
+
+def fit_geometry(pre: Preprocess, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``fit = pad | height``: the scaled image's (width, height) and its (top, left) in the input,
+    for a ``width`` x ``height`` source. See common/manifest.py for the rules."""
+    out_h, out_w = pre.resize
+    if pre.fit == "height":  # PaddleOCR RecResizeImg: ceil(h * ratio), capped at the input width
+        new_h, new_w = out_h, min(out_w, max(1, math.ceil(out_h * (width / float(height)))))
+    else:
+        scale = min(out_h / height, out_w / width)
+        new_h = min(out_h, max(1, round(height * scale)))
+        new_w = min(out_w, max(1, round(width * scale)))
+    if pre.pad_align == "center":
+        return (new_w, new_h), ((out_h - new_h) // 2, (out_w - new_w) // 2)
+    return (new_w, new_h), (0, 0)
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:

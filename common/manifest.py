@@ -13,6 +13,9 @@ Example (the digits model)::
     color = "L"                  # L | RGB | BGR
     resize = [32, 32]            # [h, w]: exact size; a single int: shorter side
     crop = []                    # optional [h, w] centre crop after resizing
+    fit = "stretch"              # stretch | pad | height (below)
+    pad_value = 0.0              # fit = pad | height: the 8-bit pixel value of the padding
+    pad_align = "topleft"        # fit = pad | height: topleft | center
     scale = 0.00392156862745098  # multiply 8-bit pixels first
     mean = [0.5]
     std = [0.5]
@@ -21,6 +24,26 @@ Example (the digits model)::
     softmax = true
     top_k = 5
     labels = ["0", "1", ...]
+
+``fit`` says how an image becomes the input's H x W:
+
+* ``stretch`` (default): ``resize = [h, w]`` scales each side to exactly that size; ``resize = [s]``
+  scales the shorter side to ``s`` keeping the aspect ratio and ``crop`` cuts the centre out.
+* ``pad``: the whole image is scaled by one factor to fit inside ``resize = [h, w]`` (each side
+  rounded to nearest, at least 1 px) and the rest is padding - detection letterboxing
+  (``pad_align = "center"``).
+* ``height``: the image is scaled to height ``h`` and width ``ceil(h * width / height)``, capped at
+  ``w`` (a wider image is squeezed to ``w``), then padded on the right - PaddleOCR's text-line
+  recognition (``RecResizeImg``; with ``pad_value = 127.5``, ``scale = 1/255``, ``mean = std = 0.5``
+  the padding is 0 after normalisation, as PaddleOCR pads).
+
+With ``pad`` and ``height``, ``resize`` is ``[h, w]`` and ``crop`` stays empty. ``pad_value`` is in
+8-bit pixel units (0..255, fractions allowed) and is normalised like the pixels (``pad_value * scale
+- mean) / std``); ``pad_align`` places the scaled image at the top-left or in the centre (the odd
+pixel of padding going right / below).
+
+``color = "BGR"`` feeds channels blue, green, red (OpenCV-trained models); ``mean`` and ``std`` are
+listed in the model's channel order.
 
 ``quantized = true`` marks a model whose program already carries quantize/dequantize ops
 (offline quantization or QAT output); such a model is served in INT8 with
@@ -54,6 +77,8 @@ PARAMS_FILE = "inference.pdiparams"
 ONNX_FILE = "model.onnx"
 FORMATS = {"paddle": (MODEL_FILE, PARAMS_FILE), "onnx": (ONNX_FILE,)}
 COLORS = {"L": 1, "RGB": 3, "BGR": 3}
+FITS = ("stretch", "pad", "height")
+PAD_ALIGNS = ("topleft", "center")
 POSTPROCESS_KINDS = ("classify", "raw")
 MAX_BATCH_LIMIT = 4096
 
@@ -82,6 +107,9 @@ class Preprocess:
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     interpolation: str = "bilinear"
+    fit: str = "stretch"
+    pad_value: float = 0.0
+    pad_align: str = "topleft"
 
 
 @dataclass(frozen=True)
@@ -134,6 +162,11 @@ class ModelManifest:
     def to_toml(self) -> str:
         data = asdict(self)
         data["input"]["shape"] = list(self.input.shape)
+        # Padding fields at their defaults stay out of the file: a manifest that does not pad reads
+        # the same as before they existed, to workers of older releases too (unknown keys are errors).
+        if self.preprocess.fit == "stretch":
+            for key in ("fit", "pad_value", "pad_align"):
+                data["preprocess"].pop(key)
         return tomli_w.dumps(_drop_empty(data))
 
     def with_updates(self, **changes: Any) -> ModelManifest:
@@ -219,8 +252,25 @@ def _check_color(pre: Preprocess, channels: int) -> None:
 def _check_size(pre: Preprocess, hw: tuple[int, int]) -> None:
     if len(pre.resize) not in (1, 2) or any(int(r) <= 0 for r in pre.resize):
         raise ModelError("preprocess.resize must be one positive int (shorter side) or [h, w]")
+    if pre.fit != "stretch":
+        _check_pad(pre, hw)
+        return
     final = tuple(pre.crop) if pre.crop else (tuple(pre.resize) if len(pre.resize) == 2 else None)
     if final is None:
         raise ModelError("preprocess: a shorter-side resize needs a crop to fix the size")
     if final != tuple(hw):
         raise ModelError(f"preprocess gives {list(final)} images, the input wants {list(hw)}")
+
+
+def _check_pad(pre: Preprocess, hw: tuple[int, int]) -> None:
+    if pre.fit not in FITS:
+        raise ModelError(f"preprocess.fit must be one of {FITS}, got {pre.fit!r}")
+    if pre.pad_align not in PAD_ALIGNS:
+        raise ModelError(f"preprocess.pad_align must be one of {PAD_ALIGNS}, got {pre.pad_align!r}")
+    if isinstance(pre.pad_value, bool) or not isinstance(pre.pad_value, int | float) or not 0 <= pre.pad_value <= 255:
+        raise ModelError(f"preprocess.pad_value must be an 8-bit pixel value within 0..255, got {pre.pad_value}")
+    if pre.crop:
+        raise ModelError(f"preprocess.fit = {pre.fit!r} pads to the resize size; remove preprocess.crop")
+    if tuple(pre.resize) != tuple(hw):
+        raise ModelError(f"preprocess.fit = {pre.fit!r} needs resize = [h, w] of the input, {list(hw)}; "
+                         f"got {list(pre.resize)}")

@@ -4,7 +4,7 @@
   8x8 8-bit grayscale PNG (pixel = round(value * 255 / 16)) and decoded by the very
   ``Preprocessor`` the workers use, so serving sees exactly what training saw. 30 % is held out;
   the held-out accuracy goes into the manifest, and ``export_images`` writes those PNGs with a
-  ``labels.csv`` for end-to-end checks.
+  ``labels.csv`` for end-to-end checks (without retraining when the model exists already).
 * ``resnet50``, ``mobilenet_v2``, ...: ``paddle.vision`` architectures with random weights
   (ImageNet preprocessing, 224x224), marked untrained - for throughput work only.
 """
@@ -138,8 +138,13 @@ def export_images(data: DigitsData, out_dir: Path) -> Path:
 
 def make_digits(repo: ModelRepository, name: str = "digits", force: bool = False,
                 export_dir: Path | None = None, epochs: int = 12) -> dict[str, object]:
+    """Train and install the digits model; with ``export_dir`` also write its held-out images. When
+    the model exists already (and not ``force``), only the images are written: the split is seeded,
+    so they are the held-out images of the model in the repository."""
     if repo.exists(name) and not force:
-        raise ModelError(f"model {name!r} already exists (use --force to rebuild)")
+        if export_dir is None:
+            raise ModelError(f"model {name!r} already exists (use --force to rebuild)")
+        return {"model": name, "exported_only": True, "labels_csv": str(export_images(digits_data(), export_dir))}
     started = time.perf_counter()
     manifest = digits_manifest(name)
     data = digits_data()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import math
 import struct
 import time
 import zlib
@@ -12,7 +14,7 @@ import pytest
 from PIL import Image
 
 from common.errors import ImageError
-from common.imaging import Preprocessor
+from common.imaging import Preprocessor, fit_geometry
 from common.manifest import Preprocess
 from tests.helpers import image_bytes
 
@@ -114,6 +116,87 @@ def test_one_pixel_image() -> None:
     assert out.array.shape == (3, 3, 3)
     np.testing.assert_allclose(out.array[:, 1, 1], [50, 60, 70], atol=1)
     assert make("L", resize=(2,), crop=(2, 2))(encode(Image.new("L", (1, 1), 9))).array.shape == (1, 2, 2)
+
+
+# -- aspect-preserving fits ------------------------------------------------------------------------
+def paddleocr_rec(pixels: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """PaddleOCR's RecResizeImg (resize_norm_img) on an HWC uint8 image, with Pillow's bilinear resize:
+    height fixed, width ceil(h * ratio) capped at the input width, normalised, zero padding on the right."""
+    height, width = pixels.shape[:2]
+    ratio = width / float(height)
+    resized_w = out_w if math.ceil(out_h * ratio) > out_w else math.ceil(out_h * ratio)
+    resized = np.asarray(Image.fromarray(pixels).resize((resized_w, out_h), Image.Resampling.BILINEAR))
+    norm = (resized.astype(np.float32).transpose(2, 0, 1) / 255 - 0.5) / 0.5
+    padded = np.zeros((3, out_h, out_w), np.float32)
+    padded[:, :, :resized_w] = norm
+    return padded
+
+
+@pytest.mark.parametrize(("width", "height"), [(100, 32), (2000, 32), (48, 48), (7, 40)])
+def test_fit_height_is_paddleocr_text_line_resize(width: int, height: int) -> None:
+    pixels = np.random.default_rng(width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    pre = make("RGB", resize=(48, 320), fit="height", pad_value=127.5, scale=1 / 255, mean=(0.5,), std=(0.5,))
+    out = pre(encode(Image.fromarray(pixels))).array
+    expected = paddleocr_rec(pixels, 48, 320)
+    assert out.shape == (3, 48, 320)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
+    resized_w = min(320, math.ceil(48 * width / height))
+    assert np.all(out[:, :, resized_w:] == 0)  # pad_value 127.5 is exactly 0 after this normalisation
+
+
+@pytest.mark.parametrize(("size", "placed"), [
+    ((40, 20), ((16, 8), (4, 0))),  # landscape: full width, centred vertically
+    ((20, 40), ((8, 16), (0, 4))),  # portrait: full height, centred horizontally
+    ((33, 17), ((16, 8), (4, 0))),  # 17 * 16 / 33 = 8.24 -> 8 rows
+    ((16, 16), ((16, 16), (0, 0))),
+])
+def test_fit_pad_letterboxes_in_the_centre(size: tuple[int, int], placed: tuple) -> None:
+    pixels = np.random.default_rng(5).integers(0, 256, (size[1], size[0]), dtype=np.uint8)
+    pre = make("L", resize=(16, 16), fit="pad", pad_align="center", pad_value=114)
+    out = pre(encode(Image.fromarray(pixels, "L"))).array[0]
+    (new_w, new_h), (top, left) = placed
+    scaled = np.asarray(Image.fromarray(pixels, "L").resize((new_w, new_h), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(out[top:top + new_h, left:left + new_w], scaled)
+    mask = np.ones_like(out, bool)
+    mask[top:top + new_h, left:left + new_w] = False
+    assert np.all(out[mask] == 114)
+
+
+def test_fit_pad_topleft_and_normalised_padding() -> None:
+    pre = make("RGB", resize=(8, 8), fit="pad", pad_align="topleft", pad_value=255, scale=1 / 255,
+               mean=(0.5, 0.25, 0.0), std=(0.5, 0.5, 1.0))
+    out = pre(encode(rgb(16, 8, (0, 0, 0)))).array  # 2:1 -> 8 x 4 at the top
+    np.testing.assert_allclose(out[:, :4, :], np.broadcast_to(np.array([-1.0, -0.5, 0.0])[:, None, None], (3, 4, 8)),
+                               atol=1e-6)
+    np.testing.assert_allclose(out[:, 4:, :], np.broadcast_to(np.array([1.0, 1.5, 1.0])[:, None, None], (3, 4, 8)),
+                               atol=1e-6)
+
+
+def test_bgr_reverses_the_channels_of_every_pixel() -> None:
+    """BGR is RGB with the channel axis reversed, pixel for pixel, on the stretch and the pad paths."""
+    pixels = np.random.default_rng(9).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    data = encode(Image.fromarray(pixels))
+    for options in ({"resize": (12, 20)}, {"resize": (10, 10), "fit": "pad", "pad_value": 3}):
+        as_rgb = make("RGB", **options)(data).array  # type: ignore[arg-type]
+        as_bgr = make("BGR", **options)(data).array  # type: ignore[arg-type]
+        np.testing.assert_array_equal(as_bgr, as_rgb[::-1])
+    np.testing.assert_array_equal(make("BGR", resize=(12, 20))(data).array[0], pixels[:, :, 2])
+
+
+def test_fit_pad_on_a_large_jpeg_uses_draft_decoding_and_keeps_the_geometry() -> None:
+    data = encode(rgb(1600, 800, (200, 50, 10)), "JPEG", quality=95)
+    out = make("RGB", resize=(64, 64), fit="pad", pad_align="center", pad_value=0)(data).array
+    assert np.all(out[:, :16] == 0) and np.all(out[:, 48:] == 0)
+    np.testing.assert_allclose(out[:, 16:48].mean(axis=(1, 2)), [200, 50, 10], atol=3)
+
+
+def test_fit_geometry_rounding() -> None:
+    pad = Preprocess(resize=(48, 320), crop=(), fit="pad")
+    assert fit_geometry(pad, 1000, 10) == ((320, 3), (0, 0))  # 10 * 0.32 = 3.2 rows
+    assert fit_geometry(pad, 10000, 1) == ((320, 1), (0, 0))  # never below one pixel
+    height = dataclasses.replace(pad, fit="height", pad_align="center")
+    assert fit_geometry(height, 100, 32) == ((150, 48), (0, 85))
+    assert fit_geometry(height, 5000, 10) == ((320, 48), (0, 0))  # capped, squeezed to the input width
 
 
 # -- rejections -----------------------------------------------------------------------------------

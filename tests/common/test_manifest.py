@@ -21,6 +21,12 @@ DIGITS = ModelManifest(
 )
 QUANTIZED = ModelManifest(name="digits@int8-ptq", quantized=True, base="digits", input=DIGITS.input,
                           preprocess=DIGITS.preprocess, postprocess=DIGITS.postprocess)
+TEXT_LINES = ModelManifest(name="rec", input=InputSpec(name="x", shape=(-1, 3, 48, 320)),
+                           preprocess=Preprocess(color="BGR", resize=(48, 320), crop=(), mean=(0.5,), std=(0.5,),
+                                                 fit="height", pad_value=127.5, pad_align="topleft"),
+                           postprocess=Postprocess(kind="raw", softmax=False))
+LETTERBOX = dataclasses.replace(TEXT_LINES, name="det", preprocess=dataclasses.replace(
+    TEXT_LINES.preprocess, color="RGB", fit="pad", pad_value=114, pad_align="center"))
 RESNET = ModelManifest(name="resnet50")  # the defaults: RGB 224 after a 256 shorter-side resize
 RAW = ModelManifest(name="embedder", input=InputSpec(name="image", shape=(-1, 3, 112, 96)),
                     preprocess=Preprocess(color="BGR", resize=(128,), crop=(112, 96), mean=(0.0,), std=(1.0,),
@@ -28,7 +34,7 @@ RAW = ModelManifest(name="embedder", input=InputSpec(name="image", shape=(-1, 3,
                     postprocess=Postprocess(kind="raw", softmax=False, output="feat"), max_batch_size=4096)
 
 
-@pytest.mark.parametrize("manifest", [DIGITS, QUANTIZED, RESNET, RAW], ids=lambda m: m.name)
+@pytest.mark.parametrize("manifest", [DIGITS, QUANTIZED, RESNET, RAW, TEXT_LINES, LETTERBOX], ids=lambda m: m.name)
 def test_toml_round_trip(manifest: ModelManifest, tmp_path: Path) -> None:
     manifest.validate()
     text = manifest.to_toml()
@@ -67,6 +73,18 @@ labels = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
     assert m.preprocess.resize == (32, 32) and m.postprocess.labels[3] == "3"
     assert m.postprocess.label(3) == "3" and m.postprocess.label(12) == "12"
     assert m.with_updates(max_batch_size=8).max_batch_size == 8
+
+
+def test_padding_fields_are_written_only_when_padding() -> None:
+    """A manifest that does not pad reads as before the fields existed (older workers refuse unknown keys)."""
+    assert "fit" not in DIGITS.to_toml() and "pad_" not in DIGITS.to_toml()
+    text = TEXT_LINES.to_toml()
+    assert 'fit = "height"' in text and "pad_value = 127.5" in text and 'pad_align = "topleft"' in text
+    parsed = ModelManifest.from_toml('name = "m"\n[input]\nshape = [-1, 3, 640, 640]\n[preprocess]\n'
+                                     'resize = [640, 640]\ncrop = []\nfit = "pad"\npad_value = 114\n'
+                                     'pad_align = "center"\n')
+    assert (parsed.preprocess.fit, parsed.preprocess.pad_value, parsed.preprocess.pad_align) == ("pad", 114, "center")
+    assert ModelManifest.from_toml(DIGITS.to_toml()).preprocess.fit == "stretch"
 
 
 def test_load_errors(tmp_path: Path) -> None:
@@ -118,6 +136,18 @@ INVALID = {
     "resize arity": (_with("preprocess", resize=(1, 2, 3)), "preprocess.resize must be one positive int"),
     "resize zero": (_with("preprocess", resize=(0,)), "preprocess.resize must be one positive int"),
     "interpolation": (_with("preprocess", interpolation="cubic"), "interpolation 'cubic' is not supported"),
+    "fit": (_with("preprocess", fit="letterbox", resize=(224, 224), crop=()),
+            "preprocess.fit must be one of ('stretch', 'pad', 'height'), got 'letterbox'"),
+    "pad align": (_with("preprocess", fit="pad", resize=(224, 224), crop=(), pad_align="middle"),
+                  "preprocess.pad_align must be one of ('topleft', 'center')"),
+    "pad value": (_with("preprocess", fit="pad", resize=(224, 224), crop=(), pad_value=256),
+                  "preprocess.pad_value must be an 8-bit pixel value within 0..255, got 256"),
+    "pad value type": (_with("preprocess", fit="pad", resize=(224, 224), crop=(), pad_value="grey"),
+                       "preprocess.pad_value must be an 8-bit pixel value"),
+    "pad with crop": (_with("preprocess", fit="pad", resize=(224, 224), crop=(224, 224)),
+                      "preprocess.fit = 'pad' pads to the resize size; remove preprocess.crop"),
+    "pad size": (_with("preprocess", fit="height", resize=(256,), crop=()),
+                 "preprocess.fit = 'height' needs resize = [h, w] of the input, [224, 224]; got [256]"),
     "postprocess kind": (_with("postprocess", kind="detect"), "postprocess.kind must be one of ('classify', 'raw')"),
     "top_k": (_with("postprocess", top_k=0), "postprocess.top_k must be >= 1"),
     "batch 0": (_with(max_batch_size=0), "max_batch_size must be within 1..4096"),
@@ -136,7 +166,8 @@ def test_validation_errors(case: str) -> None:
     assert message in str(info.value)
 
 
-@pytest.mark.parametrize("case", ["layout", "std zero", "short side no crop", "postprocess kind", "slash name"])
+@pytest.mark.parametrize("case", ["layout", "std zero", "short side no crop", "postprocess kind", "slash name",
+                                  "fit", "pad with crop"])
 def test_validation_errors_through_toml(case: str) -> None:
     manifest, message = INVALID[case]
     with pytest.raises(ModelError) as info:

@@ -28,8 +28,6 @@ class Predictor(ABC):
     #: The program's input names (trtbatch serves single-input models: ``input_names[0]``).
     input_names: list[str]
     output_names: list[str]
-    #: The first input's shape as the program declares it (-1 for dynamic dimensions).
-    declared_input_shape: list[int]
     build_s: float = 0.0
     runs: int = 0
     #: whether ``run_device`` takes a batch already in device memory (a CUDA array)

@@ -7,12 +7,22 @@ JPEGs, grey or YCbCr, whole (ending in EOI), no EXIF rotation, within the pixel 
 hardware decoder's size. Everything else - PNG and other formats, progressive, arithmetic-coded or
 lossless JPEGs, CMYK / YCCK, rotated, truncated or corrupt files, huge images - goes the Pillow path
 per image, with the same notes and errors as on a CPU worker.
+
+``preprocess_route`` decides the same for a whole model, from its manifest's ``[preprocess]``: the
+kernels do a bilinear resize (shorter side or exact H x W), a centre crop, L / RGB / BGR (BGR is
+only the channel order the last pass writes) and the normalisation. A model that resizes another
+way or pads (``fit = pad | height``) has every image decoded by Pillow: padding would need a fill
+pass and a per-image output window in the kernels, for the small inputs (text lines, letterboxed
+detection) that use it, and a second implementation of the aspect-ratio rounding that could drift
+from Pillow's; one host copy of a small tensor costs less than that risk.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+
+from common.manifest import Preprocess
 
 GPU = "gpu"
 #: Start-of-frame markers: 0xC0 baseline, 0xC1 extended sequential (Huffman): what nvJPEG decodes in
@@ -115,4 +125,16 @@ def route(data: bytes | None, max_pixels: int) -> str:
         return "over the pixel limit"
     if max(info.width, info.height) > MAX_SIDE:
         return "larger than the GPU decoder"
+    return GPU
+
+
+def preprocess_route(pre: Preprocess) -> str:
+    """``GPU`` when the GPU kernels reproduce this preprocessing exactly, or why the model's images
+    all go the Pillow path."""
+    if pre.fit != "stretch":
+        return f"fit = {pre.fit} (padding is done by Pillow)"
+    if pre.interpolation != "bilinear":
+        return f"{pre.interpolation} resize (the GPU kernels resize bilinearly)"
+    if pre.color not in ("L", "RGB", "BGR"):
+        return f"colour {pre.color}"
     return GPU

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common.manifest import Preprocess
 from tests.helpers import image_bytes
-from workers.pipeline.gpu_route import GPU, jpeg_info, route
+from workers.pipeline.gpu_route import GPU, jpeg_info, preprocess_route, route
 
 LIMIT = 50_000_000
 
@@ -61,3 +62,24 @@ def test_limits() -> None:
     sof = big.index(b"\xff\xc0")
     big[sof + 5:sof + 9] = (64).to_bytes(2, "big") + (20000).to_bytes(2, "big")  # claims 20000 px wide
     assert route(bytes(big), 10**10) == "larger than the GPU decoder"
+
+
+@pytest.mark.parametrize("pre", [
+    Preprocess(),  # ImageNet: shorter side 256, centre crop 224, RGB
+    Preprocess(color="BGR"),  # the kernels write the channels reversed
+    Preprocess(color="L", resize=(32, 32), crop=(), mean=(0.5,), std=(0.5,)),
+    Preprocess(resize=(48, 192), crop=()),
+], ids=["imagenet", "bgr", "grey-exact", "stretch-non-square"])
+def test_preprocessing_the_kernels_reproduce_takes_the_gpu_path(pre: Preprocess) -> None:
+    assert preprocess_route(pre) == GPU
+
+
+@pytest.mark.parametrize(("pre", "reason"), [
+    (Preprocess(resize=(48, 320), crop=(), fit="height", pad_value=127.5), "fit = height (padding is done by Pillow)"),
+    (Preprocess(resize=(640, 640), crop=(), fit="pad", pad_align="center"), "fit = pad (padding is done by Pillow)"),
+    (Preprocess(color="BGR", resize=(64, 64), crop=(), fit="pad"), "fit = pad (padding is done by Pillow)"),
+    (Preprocess(interpolation="bicubic"), "bicubic resize (the GPU kernels resize bilinearly)"),
+    (Preprocess(interpolation="nearest"), "nearest resize (the GPU kernels resize bilinearly)"),
+], ids=["height", "pad", "pad-bgr", "bicubic", "nearest"])
+def test_preprocessing_the_kernels_do_not_reproduce_takes_the_pillow_path(pre: Preprocess, reason: str) -> None:
+    assert preprocess_route(pre) == reason
