@@ -1,13 +1,16 @@
 """The ``trtbatch`` command line: a click group; each command lives in its own module.
 
 Errors trtbatch raises on purpose (and Redis connection failures) print one line and exit 2;
-there is no traceback for a user mistake.
+there is no traceback for a user mistake. The engines' own chatter (Paddle's C++ glog lines, their
+Python warnings) is kept out of the output unless ``-v`` is given (``quiet_engines``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import warnings
 
 import click
 import redis
@@ -18,6 +21,24 @@ from common.config import Settings
 from common.errors import TrtbatchError
 
 EXIT_ERROR = 2
+#: Modules whose warnings (DeprecationWarning, UserWarning, ...) speak to their own developers, not to
+#: someone running a trtbatch command: Paddle, paddle2onnx, ONNX, ONNX Runtime.
+ENGINE_MODULES = r"(paddle|paddle2onnx|onnx|onnxruntime|onnxconverter_common)(\.|$)"
+
+
+def quiet_engines(verbose: int) -> None:
+    """Keep the engines' noise out of CLI output; call before anything imports Paddle.
+
+    Paddle reads ``GLOG_minloglevel`` once, when its C++ library loads: 2 keeps only its errors (no
+    ``I1202 ...`` / ``W1202 ...`` lines); ``-vv`` lets everything through. A value the operator set wins.
+    Warnings raised in the engines' modules, and deprecation warnings anywhere (Paddle attributes its
+    deprecations to the caller), are ignored unless ``-v``."""
+    os.environ.setdefault("GLOG_minloglevel", "0" if verbose >= 2 else "2")
+    if verbose:
+        return
+    warnings.filterwarnings("ignore", module=ENGINE_MODULES)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -25,10 +46,12 @@ EXIT_ERROR = 2
 @click.option("--redis-url", envvar="TRTBATCH_REDIS_URL", default=None,
               help="Redis URL (redis://, rediss://, unix://). Unset: the embedded server.")
 @click.option("--model-repo", envvar="TRTBATCH_MODEL_REPO", default=None, help="Model repository folder.")
-@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.option("-v", "--verbose", count=True,
+              help="More logging (-v info and the engines' Python warnings, -vv debug and Paddle's glog lines).")
 @click.pass_context
 def cli(ctx: click.Context, redis_url: str | None, model_repo: str | None, verbose: int) -> None:
     """trtbatch: distributed batch inference for PaddlePaddle models in FP32/FP16/INT8."""
+    quiet_engines(verbose)
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env(redis_url=redis_url, model_repo=model_repo)
@@ -37,10 +60,10 @@ def cli(ctx: click.Context, redis_url: str | None, model_repo: str | None, verbo
 
 
 def _register() -> None:
-    from cli import bench, calibrate, convert, jobs, models, results, server, submit, worker
+    from cli import bench, calibrate, convert, jobs, models, results, retry, server, submit, worker
     from cli import demo as demo_cmd
 
-    for module in (submit, jobs, results, models, calibrate, convert, worker, server, demo_cmd, bench):
+    for module in (submit, jobs, results, retry, models, calibrate, convert, worker, server, demo_cmd, bench):
         module.register(cli)
 
 

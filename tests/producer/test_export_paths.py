@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -263,3 +264,66 @@ def test_cli_output_file_goes_exactly_where_pointed(cli_env: dict[str, str], sto
     res = trtbatch(cli_env, work, "results", JOB, "-o", str(work / "nosuch" / "r.csv"), "-f", "csv")
     assert res.returncode == 2 and "output folder" in res.stderr and "does not exist" in res.stderr
     assert not (work / "nosuch").exists()
+
+
+# -- names below the images' common folder ------------------------------------------------------------
+@pytest.mark.parametrize(("paths", "root"), [
+    (["/home/u/photos/a/b.jpg", "/home/u/photos/c.jpg"], "/home/u/photos"),
+    (["/home/u/photos/a/b.jpg", "/home/u/photos/a/c.jpg"], "/home/u/photos/a"),
+    (["/home//u/./photos/a.jpg", "/home/u/photos/b.jpg"], "/home/u/photos"),  # one folder, however written
+    (["/home/u/photos/a.jpg", "/home/u/photosX/b.jpg"], "/home/u"),  # whole components, not characters
+    (["shots/a.jpg", "shots/x/b.jpg"], "shots"),
+    (["../../etc/x.png"], "../../etc"),
+    (["/a/x.png", "a/y.png"], ""),  # absolute and relative: no common folder
+    (["/a/x.png", "/b/y.png"], ""),
+    (["x.png", "d/y.png"], ""),
+    ([], ""),
+])
+def test_input_root(paths: list[str], root: str) -> None:
+    assert jobs.input_root(paths) == root
+    for path in paths:
+        parts = jobs.safe_parts(jobs.below(path, root))
+        assert parts and os.path.normpath(os.path.join("/out", *parts)).startswith("/out/")
+
+
+def test_files_are_named_below_the_common_input_folder(store_client: Client, store_conn: redis.Redis,
+                                                       tmp_path: Path) -> None:
+    """/home/u/photos/a/b.jpg lands at OUT/a/b.jpg.json, not OUT/home/u/photos/a/b.jpg.json; the safety rules
+    still hold for what lies below the root (``..`` there cannot climb out of OUT)."""
+    paths = ["/home/u/photos/a/b.jpg", "/home/u/photos/c.jpg", "/home/u/photos/a/../../../../x.jpg",
+             "/home/u/photos/d/e.jpg", "/home/u/photos/a/f.jpg"]
+    out = tmp_path / "out"
+    make_job(store_conn, paths)
+    report = jobs.export_dir(store_client, JOB, out)
+    assert report.input_root == "/home/u/photos"
+    assert report.refused == [] and report.renamed == []
+    files = written_files(out)
+    assert sorted(files) == ["a/b.jpg.json", "a/f.jpg.json", "a/x.jpg.json", "c.jpg.json", "d/e.jpg.json"]
+    assert files["a/x.jpg.json"]["path"] == paths[2]  # the record keeps the full path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+    failed = jobs.export_dir(store_client, JOB, tmp_path / "failed", failed_only=True)  # image 4 failed
+    assert failed.input_root == "/home/u/photos"  # the root of the whole job: the same names as a full export
+    assert sorted(written_files(tmp_path / "failed")) == ["a/f.jpg.json"]
+
+
+def test_cli_dir_export_prints_the_root(cli_env: dict[str, str], store_conn: redis.Redis, tmp_path: Path) -> None:
+    make_job(store_conn, ["/home/u/photos/a/b.jpg", "/home/u/photos/c.jpg"])
+    res = trtbatch(cli_env, tmp_path, "results", JOB, "--dir", "out")
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.strip() == f"wrote 2 files under {(tmp_path / 'out').resolve()}, named by image path below " \
+                                 "/home/u/photos"
+    assert sorted(written_files(tmp_path / "out")) == ["a/b.jpg.json", "c.jpg.json"]
+
+
+def test_exported_files_get_the_usual_mode_not_mkstemps(store_client: Client, store_conn: redis.Redis,
+                                                         tmp_path: Path) -> None:
+    make_job(store_conn, ["a/1.png", "a/2.png"])
+    old = os.umask(0o022)
+    try:
+        report = jobs.export_dir(store_client, JOB, tmp_path / "out")
+        jobs.export_file(store_client, JOB, "csv", tmp_path / "r.csv")
+    finally:
+        os.umask(old)
+    written = [*(tmp_path / "out").rglob("*.json"), tmp_path / "r.csv"]
+    assert report.written == 2 and {stat.S_IMODE(p.stat().st_mode) for p in written} == {0o644}
