@@ -21,12 +21,14 @@ from common.errors import ConfigError
               help="Pipeline slots per device (default 2: one decodes while one infers).")
 @click.option("--warm", multiple=True, metavar="MODEL[:PREC[:BATCH]]", help="Build these predictors first.")
 @click.option("-Q", "--queue", "queues", multiple=True, help="Also listen on this queue (advanced).")
-@click.option("-n", "--name", help="Worker name (default <device>@<host>).")
-@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option("-n", "--name", help="Worker name (default <device>-<launcher pid>@<host>: unique per launch).")
+@click.option("-l", "--loglevel", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+              help="Log level of the worker processes.")
 @click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None,
               help="Prometheus port (GPU i: port + i); default: TRTBATCH_METRICS_PORT, 0 = off.")
-@click.option("--check", is_flag=True, help="Health check: exit 0 only if this node's worker(s) are alive, "
-              "heartbeating and reach Redis.")
+@click.option("--check", is_flag=True, help="Health check: exit 0 only if this node's worker(s) of this Redis "
+              "(and --name) are alive, heartbeating and reach Redis.")
 @pass_ctx
 def worker(ctx: Context, device: str, threads: int | None, decode_threads: int | None, slots: int | None,
            warm: tuple[str, ...], queues: tuple[str, ...], name: str | None, loglevel: str,
@@ -82,7 +84,7 @@ def _gpu_text(w) -> str:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the live workers as a JSON list instead of text.")
 @pass_ctx
 def workers(ctx: Context, as_json: bool) -> None:
     """List live workers (a worker that stops heartbeating drops out after heartbeat_ttl_s)."""

@@ -81,6 +81,13 @@ class Settings:
     cpu_threads: int = 0
     gpu_memory_pool_mb: int = 1024
     metrics_port: int = 0
+    #: A pipeline slot idle this long frees what its Paddle predictors keep from the last batch and
+    #: hands free heap back to the OS (workers/process/memory.py); 0 = never. ResNet50 on CPU: 3.5 GB
+    #: after a batch of 256 -> 0.3 GB; the next batch rebuilds the native predictor (0.3 s).
+    idle_release_s: float = 30.0
+    #: A slot idle this long drops its predictors altogether, whatever the engine (rebuilt by the
+    #: next batch: under a second on CPU, a TensorRT engine from its cache); 0 = never.
+    predictor_idle_evict_s: float = 600.0
 
     # Images.
     max_image_pixels: int = 50_000_000
@@ -90,6 +97,9 @@ class Settings:
     # Producer.
     max_inflight_batches: int = 64
     default_batch_size: int = 16
+    #: a job that no live worker can serve for this long fails its images with that reason (the
+    #: wait covers a worker restart or a node still starting; the job says so at once regardless)
+    unservable_grace_s: float = 120.0
 
     celery_accept_content: str = "json,msgpack"
     task_events: bool = False

@@ -42,6 +42,9 @@ def apply(spec: PredictorSpec, config: Any, opt_cache_dir: Path) -> Any:
             config.enable_mkldnn_int8()
         elif spec.precision == "bf16":
             config.enable_mkldnn_bfloat16()
+        # Reuse intermediate buffers, as on GPUs: ResNet50 holds 672 MB instead of 1197 MB after a
+        # batch of 16, 2.5 GB instead of 3.5 GB after 64, with identical outputs (bench/memory.py).
+        config.enable_memory_optim()
     else:
         config.enable_use_gpu(spec.gpu_memory_pool_mb, spec.gpu_id)
         config.enable_memory_optim()

@@ -2,7 +2,7 @@
 
 ``--device cpu`` starts one CPU worker; ``gpu:N`` one worker pinned to GPU N; ``gpu:all`` one per
 visible GPU, each with ``CUDA_VISIBLE_DEVICES=<i>`` set before anything imports Paddle and its own
-hostname (``gpu<i>@<host>``). The supervisor forwards SIGTERM/SIGINT (warm shutdown: each
+hostname (``gpu<i>-<launcher pid>@<host>``). The supervisor forwards SIGTERM/SIGINT (warm shutdown: each
 worker finishes its current batch and exits), restarts a worker that dies unexpectedly (with
 backoff), and exits 0 once every worker has stopped after a shutdown request. Children receive
 SIGTERM if the supervisor itself dies (``PR_SET_PDEATHSIG``).
@@ -73,16 +73,22 @@ def parse_devices(spec: str) -> list[tuple[str, int | None]]:
     return [("gpu", i) for i in indices]
 
 
+def default_name(label: str, launcher_pid: int) -> str:
+    """``<label>-<pid>@<host>``: the launcher's pid makes two launches on one host - even on two Redis
+    servers - two workers, with their own fleet records, device locks and metrics; a worker the
+    launcher restarts keeps its name."""
+    return f"{label}-{launcher_pid}@{socket.gethostname()}"
+
+
 def worker_specs(device: str, name: str | None, args: list[str], metrics_port: int = 0) -> list[WorkerSpec]:
-    """One spec per device. Names: ``<label>@<host>``, or ``--name`` (``<name>-<label>`` for many).
-    Metrics ports: ``metrics_port`` for a CPU worker, ``metrics_port + i`` for GPU i."""
-    host = socket.gethostname()
+    """One spec per device. Names: ``<label>-<launcher pid>@<host>``, or ``--name`` (``<name>-<label>``
+    for many). Metrics ports: ``metrics_port`` for a CPU worker, ``metrics_port + i`` for GPU i."""
     devices = parse_devices(device)
     specs = []
     for kind, index in devices:
         label = "cpu" if kind == "cpu" else f"gpu{index}"
         many = f"{name}-{label}" if len(devices) > 1 else name
-        full = many if name else f"{label}@{host}"
+        full = many if name else default_name(label, os.getpid())
         port = metrics_port + (index or 0) if metrics_port else 0
         specs.append(WorkerSpec(kind, index, full, list(args), port))
     return specs

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 import sys
 import uuid
 
@@ -27,6 +26,7 @@ from workers.pipeline.context import IDENTITY_ENV, WorkerIdentity
 from workers.pipeline.tasks import register
 from workers.process import health, metrics, runtime
 from workers.process.heartbeat import HeartbeatStep
+from workers.process.launcher import default_name
 from workers.process.lease import LeaseStep
 from workers.process.orphans import OrphanStep
 from workers.process.warm import WarmGate
@@ -71,7 +71,7 @@ def build_identity(settings: Settings, args: argparse.Namespace) -> WorkerIdenti
             queues.append(extra)
     threads = args.threads or settings.cpu_threads or (os.cpu_count() or 1)
     prefix = f"gpu{args.gpu_index}" if gpu else "cpu"
-    name = args.name or f"{prefix}@{socket.gethostname()}"
+    name = args.name or default_name(prefix, os.getpid())  # started without the launcher: it is its own
     lock = settings.cache_dir / "locks" / f"{name.replace('/', '_')}.lock"
     slots = args.slots or settings.pipeline_slots
     # GPU: the slots share one device under a lock, decoding on many threads while the other slot
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     register(app)
     if settings.metrics_port:
         metrics.serve(settings.metrics_port, redisconn.client(settings), ident.name, ident.queues)
-    health.write_pidfile(settings, ident.name, settings.metrics_port)
+    record = health.write_pidfile(settings, ident.name, settings.metrics_port, url)
     app.steps["consumer"].add(LeaseStep)
     app.steps["consumer"].add(OrphanStep)
     app.steps["consumer"].add(HeartbeatStep)
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         worker.start()
     finally:
-        health.remove_pidfile(settings, ident.name)
+        health.remove_pidfile(record)
     return int(worker.exitcode or 0)
 
 

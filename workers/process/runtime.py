@@ -18,6 +18,7 @@ from celery.signals import worker_process_init, worker_process_shutdown
 from common.config import Settings
 from workers.pipeline import context
 from workers.pipeline.context import IDENTITY_ENV, WorkerIdentity, make_slot_context
+from workers.process import memory
 
 log = logging.getLogger("trtbatch.runtime")
 
@@ -73,6 +74,7 @@ def _init_child(**_: Any) -> None:
 
         warm_all(ctx, identity.warm)
     ctx.publish_state(state="ready", ready_s=time.time())
+    memory.install(ctx)
     log.info("slot %d ready (pid %d)", ctx.slot, os.getpid())
 
 

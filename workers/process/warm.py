@@ -5,6 +5,11 @@
 ``worker_process_init`` (TensorRT engines come from the engine cache when present) and reports
 the build and warm-up times in its slot record; the ``WarmGate`` worker step holds the consumer
 back until every slot is ready, so no batch waits behind a cold build.
+
+The gate holds every worker, with or without ``--warm``: a pool process is ready only once its
+engines are imported (seconds; tens of seconds on a busy machine), and a consumer that starts before
+takes messages it cannot run yet - the batches a killed worker left, handed back first, waited in a
+restarting worker for its pool (tests/integration/test_faults.py's chaos test, under load).
 """
 
 from __future__ import annotations
@@ -82,8 +87,6 @@ class WarmGate(bootsteps.StartStopStep):
 
     def start(self, w: Any) -> None:
         settings, ident = context.configured()
-        if not ident.warm:
-            return
         from workers.process.heartbeat import HeartbeatStep
 
         HeartbeatStep.ensure_started(state="warming")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ def test_cpu_specs_on_a_real_config(precision: str, int8: bool, tmp_path: Path) 
     assert config.cpu_math_library_num_threads() == 3
     assert config.use_gpu() is False
     assert config.ir_optim() is True
+    assert re.search(r"\| memory_optim +\| true", config.summary())  # intermediate buffers reused (memory)
     assert config.tensorrt_engine_enabled() is False
     assert (tmp_path / "opt").is_dir()
 
@@ -136,7 +138,8 @@ def test_cpu_call_sequence(precision: str, extra: list[str], tmp_path: Path) -> 
     config = RecordingConfig()
     paddle_config.apply(cpu_spec(precision, threads=5), config, tmp_path / "opt")
     assert config.names() == ["switch_ir_optim", "disable_glog_info", "disable_gpu",
-                              "set_cpu_math_library_num_threads", "enable_mkldnn", *extra, "set_optim_cache_dir"]
+                              "set_cpu_math_library_num_threads", "enable_mkldnn", *extra, "enable_memory_optim",
+                              "set_optim_cache_dir"]
     assert config.call("set_cpu_math_library_num_threads") == ((5,), {})
 
 

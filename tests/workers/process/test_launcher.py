@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 
@@ -11,6 +12,7 @@ from common.errors import ConfigError
 from workers.process.launcher import parse_devices, worker_specs
 
 HOST = socket.gethostname()
+PID = os.getpid()  # the launcher's
 
 
 @pytest.mark.parametrize(("spec", "expected"), [
@@ -41,9 +43,9 @@ def test_gpu_all_uses_the_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_cpu_worker_spec() -> None:
     (spec,) = worker_specs("cpu", None, ["--threads", "2"])
-    assert (spec.device, spec.gpu_index, spec.name) == ("cpu", None, f"cpu@{HOST}")
-    assert spec.command() == [sys.executable, "-m", "workers.process.main", "--device", "cpu", "--name", f"cpu@{HOST}",
-                              "--threads", "2"]
+    assert (spec.device, spec.gpu_index, spec.name) == ("cpu", None, f"cpu-{PID}@{HOST}")
+    assert spec.command() == [sys.executable, "-m", "workers.process.main", "--device", "cpu", "--name",
+                              f"cpu-{PID}@{HOST}", "--threads", "2"]
     env = spec.env()
     assert env["CUDA_VISIBLE_DEVICES"] == ""  # a CPU worker never initialises a GPU
     assert env["PYTHONUNBUFFERED"] == "1"
@@ -59,7 +61,7 @@ def test_one_worker_per_gpu_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # what the parent sees; each child sees one card
     args = ["--loglevel", "INFO"]
     specs = worker_specs("gpu:all", None, args)
-    assert [s.name for s in specs] == [f"gpu0@{HOST}", f"gpu1@{HOST}"]
+    assert [s.name for s in specs] == [f"gpu0-{PID}@{HOST}", f"gpu1-{PID}@{HOST}"]
     assert [s.env()["CUDA_VISIBLE_DEVICES"] for s in specs] == ["0", "1"]
     assert [s.command()[s.command().index("--gpu-index") + 1] for s in specs] == ["0", "1"]
     specs[0].args.append("--extra")
