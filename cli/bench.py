@@ -14,13 +14,15 @@ from cli.util import Context, pass_ctx
 @click.option("-m", "--model", default="resnet50", show_default=True,
               help="Repository model (made with `models make` if missing: digits or a paddle.vision arch).")
 @click.option("-p", "--precision", type=click.Choice(["fp32", "int8", "bf16", "fp16"]), default="fp32",
-              show_default=True)
-@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+              show_default=True, help="Precision the model runs in (int8: its quantized version is made if missing).")
+@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images per batch, for the bare predictor, our pipeline and the peer alike.")
 @click.option("-d", "--device", default="cpu", show_default=True, help="cpu or gpu:N")
 @click.option("-t", "--threads", type=click.IntRange(min=1), default=2, show_default=True,
               help="Predictor threads (CPU).")
 @click.option("--decode-threads", type=click.IntRange(min=0), default=0, help="Worker decode threads (0: auto).")
-@click.option("--slots", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--slots", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Pipeline slots of the benchmark worker (worker setting pipeline_slots).")
 @click.option("--overlap-decode", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Decode the next batch while one runs (worker setting overlap_decode).")
 @click.option("-n", "--images", type=click.IntRange(min=16), default=960, show_default=True,
@@ -36,7 +38,8 @@ from cli.util import Context, pass_ctx
               help="GPU workers: decode JPEGs on the GPU (worker setting gpu_decode).")
 @click.option("--peer", type=click.Choice(["none", "ray"]), default="none", show_default=True,
               help="Also run a peer system on the same files, model, engine and batch size (ray: Ray Data).")
-@click.option("--bare-seconds", type=float, default=10.0, show_default=True)
+@click.option("--bare-seconds", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="How long to time the bare predictor (after warm-up).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also append the JSON line to this file.")
 @pass_ctx
 def bench(ctx: Context, model: str, precision: str, batch_size: int, device: str, threads: int,
@@ -66,14 +69,18 @@ def bench(ctx: Context, model: str, precision: str, batch_size: int, device: str
 
 
 @click.command("bench-precision")
-@click.option("-m", "--model", "models", multiple=True, default=("resnet50", "mobilenet_v2"), show_default=True)
+@click.option("-m", "--model", "models", multiple=True, default=("resnet50", "mobilenet_v2"), show_default=True,
+              help="Models to compare (repeat the option); made with `models make` if missing.")
 @click.option("-p", "--precision", "precisions", multiple=True, default=None,
               help="Default: fp32, int8, and bf16 when this CPU has AVX512-BF16/AMX.")
-@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("-t", "--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images per batch.")
+@click.option("-t", "--threads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Predictor threads (CPU).")
 @click.option("-n", "--images", type=click.IntRange(min=16), default=960, show_default=True,
               help="End-to-end images (a long job shows the steady rate, not start-up).")
-@click.option("--bare-seconds", type=float, default=10.0, show_default=True)
+@click.option("--bare-seconds", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="How long to time the bare predictor (after warm-up).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also append the JSON line to this file.")
 @pass_ctx
 def bench_precision(ctx: Context, models: tuple[str, ...], precisions: tuple[str, ...], batch_size: int, threads: int,
@@ -95,7 +102,8 @@ def bench_precision(ctx: Context, models: tuple[str, ...], precisions: tuple[str
 @click.command("bench-load")
 @click.option("-n", "--images", "sizes", multiple=True, type=click.IntRange(min=64), default=(10000, 100000),
               show_default=True, help="Job sizes (repeatable).")
-@click.option("-t", "--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("-t", "--threads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Predictor threads (CPU).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also append the JSON line to this file.")
 @pass_ctx
 def bench_load(ctx: Context, sizes: tuple[int, ...], threads: int, output: str | None) -> None:

@@ -26,16 +26,20 @@ from producer.reports import format_report, report_of
 @click.option("-n", "--samples", type=click.IntRange(min=0), default=0,
               help="Calibration images to use (default: 100 for ptq, 500 for trt).")
 @click.option("--eval", "eval_paths", multiple=True, help="Evaluation images (a labelled manifest gives accuracy).")
-@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images per calibration batch (capped at the model's max batch size).")
 @click.option("--threshold", type=float, default=1.0, show_default=True, help="Flag accuracy drops above this (pt).")
-@click.option("-w", "--wait", is_flag=True)
-@click.option("--timeout", type=float, default=None)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("-w", "--wait", is_flag=True, help="Wait for the job to finish and print its result.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="With --wait: give up waiting after this many seconds (the job keeps running).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @pass_ctx
 def calibrate(ctx: Context, model: str, images: tuple[str, ...], method: str, algo: str, engine: str, samples: int,
               eval_paths: tuple[str, ...], batch_size: int, threshold: float, wait: bool, timeout: float | None,
               as_json: bool) -> None:
     """Send a calibration job to one capable worker; with --wait, show its report."""
+    if timeout is not None and not wait:
+        raise click.UsageError("--timeout goes with --wait")
     client = ctx.client
     opts = calib_lib.CalibrateOptions(model=model, images=images, method=method, algo=algo, samples=samples,
                                       eval_paths=eval_paths, batch_size=batch_size, threshold_pt=threshold,
@@ -51,7 +55,7 @@ def calibrate(ctx: Context, model: str, images: tuple[str, ...], method: str, al
     out = {"job_id": job_id, "state": final.state, "error": meta.get("error"),
            "result_name": meta.get("result_name"), "result_version": meta.get("result_version"),
            "warnings": list(meta.get("warnings") or ())}
-    if final.state == "done" and method == "ptq":
+    if final.state == "done" and method == "ptq" and out["result_version"]:
         out["local_path"] = str(calib_lib.pull_version(client, out["result_name"], out["result_version"]))
     out["report"] = report_of(client, out["result_version"]) if out["result_version"] else None
     if as_json:

@@ -11,7 +11,7 @@ from cli.util import Context, Progress, echo_json, pass_ctx
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
 def demo(ctx: Context, as_json: bool) -> None:
     """Run a real batch end to end: Redis -> Celery worker -> Paddle -> results."""

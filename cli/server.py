@@ -23,7 +23,7 @@ def _embedded(ctx: Context) -> EmbeddedRedis:
 
 
 @server.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
 def status(ctx: Context, as_json: bool) -> None:
     """Show whether the embedded server runs, where, and its memory."""

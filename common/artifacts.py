@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -29,6 +30,16 @@ from common.errors import ModelError
 from common.manifest import MANIFEST_FILE, ModelManifest
 
 CHUNK_BYTES = 4 * 1024 * 1024
+#: What a version id may look like: it names a folder of the local cache, and it arrives in task
+#: messages and job records, so anything else (None, "", "../x") is refused before it becomes a path.
+_VERSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def check_version_id(vid: object) -> str:
+    """``vid`` if it can be a version id, else a ``ModelError`` saying what was given."""
+    if not isinstance(vid, str) or not _VERSION_ID.fullmatch(vid):
+        raise ModelError(f"{vid!r} is not a model version id (expected e.g. v0123abcd...; see `trtbatch models show`)")
+    return vid
 
 
 def sha256_file(path: Path) -> str:
@@ -174,7 +185,7 @@ class ArtifactStore:
 
     def materialize(self, vid: str, cache_root: Path) -> Path:
         """The local folder of a version, downloading it once per machine (atomic)."""
-        target = cache_root / "models" / vid
+        target = cache_root / "models" / check_version_id(vid)
         if (target / ".complete").exists():
             return target
         info = self.version(vid)

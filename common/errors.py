@@ -117,6 +117,12 @@ class JobCancelledError(PermanentError):
     code = "cancelled"
 
 
+class UnservableError(PermanentError):
+    """No live worker could serve the job's queue for longer than ``unservable_grace_s``."""
+
+    code = "unservable"
+
+
 class DeadLetterError(PermanentError):
     """A batch gave up on: retried ``task_max_retries`` times, or delivered more than
     ``max_deliveries`` times without finishing (its process kept dying)."""

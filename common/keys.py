@@ -7,12 +7,15 @@ Jobs
   trtbatch:job:<job>                     HASH  metadata + counters (see common/store.py); result TTL
   trtbatch:job:<job>:results             HASH  image index -> result record (JSON); result TTL
   trtbatch:job:<job>:errors              HASH  image index -> record, failed images only; result TTL
-  trtbatch:job:<job>:batches             HASH  batch no -> "done" | "dead:<reason>"; result TTL
+  trtbatch:job:<job>:batches             HASH  batch no -> "done" | "dead:<reason>" | "failed:<code>";
+                                               result TTL
   trtbatch:job:<job>:progress            STRING  producer resume cursor (JSON); result TTL
   trtbatch:job:<job>:timings             HASH  batch no -> BatchTimings (JSON, common/schemas.py): when each
                                                step of the batch ran on its worker; result TTL
   trtbatch:job:<job>:attempts            HASH  batch no -> deliveries, "<batch>:error" -> last error;
                                                result TTL
+  trtbatch:job:<job>:accuracy            HASH  labelled jobs: "n:<label>" judged, "c:<label>" correct,
+                                               "f:<label>" failed; result TTL
   trtbatch:payload:<job>:<batch>         STRING  msgpack claim-check of one batch's image bytes;
                                                payload TTL, deleted once the batch is written
   trtbatch:payload:<job>:<n>:eval        STRING  calibration jobs: batch n of the evaluation images; payload
@@ -86,10 +89,16 @@ def job_attempts(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:attempts"
 
 
+def job_accuracy(job_id: str) -> str:
+    """Hash of a labelled job's counts per class: ``n:<label>`` images judged, ``c:<label>`` correct,
+    ``f:<label>`` failed (judged wrong); incremented by the result write for new records only."""
+    return f"{PREFIX}:job:{job_id}:accuracy"
+
+
 def job_keys(job_id: str) -> list[str]:
     """Every key that belongs to a job except its payloads (those expire on their own)."""
     return [job(job_id), job_results(job_id), job_errors(job_id), job_batches(job_id),
-            job_progress(job_id), job_attempts(job_id), job_timings(job_id)]
+            job_progress(job_id), job_attempts(job_id), job_timings(job_id), job_accuracy(job_id)]
 
 
 def payload(job_id: str, batch_no: int) -> str:

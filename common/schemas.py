@@ -297,12 +297,15 @@ class JobRecord:
     updated_s: float = 0.0
     finished_s: float | None = None
     cancelled_s: float | None = None
+    #: when a check first found no live worker serving the job's queue (cleared when one appears)
+    unservable_since: float | None = None
     submit_complete: bool = False
     n_images: int = 0
     n_batches: int = 0
     n_enqueued: int = 0
     done: int = 0
     failed: int = 0
+    cancelled: int = 0
     batches_done: int = 0
     batches_dead: int = 0
     # calibration jobs

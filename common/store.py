@@ -6,8 +6,12 @@ only count fields that were new - all inside one Lua script, so a crash can neve
 without its count. The same script deletes the batch's payload and finishes the job when the last
 image lands.
 
-The job hash is a ``JobRecord`` (common/schemas.py). States: submitting -> queued -> done |
-failed | cancelled.
+The job hash is a ``JobRecord`` (common/schemas.py). States: ``submitting`` (the producer is sending,
+nothing finished yet) -> ``queued`` (all sent, nothing finished) -> ``running`` (an image finished)
+-> ``done`` (every image has a record, at least one succeeded) | ``failed`` (none succeeded, or the
+job as a whole failed: no live worker could serve it) | ``cancelled``. Cancelled images are
+counted apart from failed ones (``cancelled``); a job that ends early gets a record for every
+image it will never serve (common/closeout.py).
 """
 
 from __future__ import annotations
@@ -21,35 +25,47 @@ from typing import Any
 import redis
 
 from common import keys
-from common.errors import JobError
+from common.errors import JobCancelledError, JobError
 from common.schemas import TERMINAL_STATES, JobRecord, ResultRecord, hash_value
 
-# Finishes the job when every image has a record and the producer has sent everything.
+# Finishes an active job when every image has a record and the producer has sent everything: done
+# if any image succeeded, failed if none did. A cancelled or failed job keeps its state.
 _FINISH_LUA = """
-local m = redis.call('HMGET', KEYS[1], 'n_images', 'done', 'failed', 'state', 'submit_complete')
-if m[5] == '1' and m[4] ~= 'done' and m[4] ~= 'cancelled'
-   and (tonumber(m[2] or '0') + tonumber(m[3] or '0')) >= tonumber(m[1] or '0') then
-  redis.call('HSET', KEYS[1], 'state', 'done', 'finished_s', ARGV[3])
+local m = redis.call('HMGET', KEYS[1], 'n_images', 'done', 'failed', 'state', 'submit_complete', 'cancelled')
+local st, n, ok = m[4], tonumber(m[1] or '0'), tonumber(m[2] or '0')
+if m[5] == '1' and (st == 'submitting' or st == 'queued' or st == 'running')
+   and (ok + tonumber(m[3] or '0') + tonumber(m[6] or '0')) >= n then
+  local final = 'done'
+  if ok == 0 and n > 0 then final = 'failed' end
+  redis.call('HSET', KEYS[1], 'state', final, 'finished_s', ARGV[3])
 end
 """
 
-# KEYS: job, results, errors, batches, payload, jobs-index
-# ARGV: batch_no, ttl_s, now, batch_state, then (index, ok, record) triples
+# KEYS: job, results, errors, batches, payload, accuracy
+# ARGV: batch_no, ttl_s, now, batch_state, then per image: index, status (ok | failed | cancelled),
+#       record, label ('' when none), hit ('1' when the top-1 label is the label)
 _WRITE_BATCH_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
-local new_ok, new_failed = 0, 0
-for i = 5, #ARGV, 3 do
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0, 0} end
+local new = {ok = 0, failed = 0, cancelled = 0}
+for i = 5, #ARGV, 5 do
   if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 2]) == 1 then
-    if ARGV[i + 1] == '1' then
-      new_ok = new_ok + 1
-    else
-      new_failed = new_failed + 1
-      redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
+    local status, label = ARGV[i + 1], ARGV[i + 3]
+    new[status] = new[status] + 1
+    if status ~= 'ok' then redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2]) end
+    if label ~= '' and status ~= 'cancelled' then
+      redis.call('HINCRBY', KEYS[6], 'n:' .. label, 1)
+      if ARGV[i + 4] == '1' then redis.call('HINCRBY', KEYS[6], 'c:' .. label, 1) end
+      if status == 'failed' then redis.call('HINCRBY', KEYS[6], 'f:' .. label, 1) end
     end
   end
 end
-if new_ok > 0 then redis.call('HINCRBY', KEYS[1], 'done', new_ok) end
-if new_failed > 0 then redis.call('HINCRBY', KEYS[1], 'failed', new_failed) end
+for _, name in ipairs({'ok', 'failed', 'cancelled'}) do
+  if new[name] > 0 then redis.call('HINCRBY', KEYS[1], name == 'ok' and 'done' or name, new[name]) end
+end
+local state = redis.call('HGET', KEYS[1], 'state')
+if new.ok + new.failed > 0 and (state == 'submitting' or state == 'queued') then
+  redis.call('HSET', KEYS[1], 'state', 'running')
+end
 if redis.call('HSETNX', KEYS[4], ARGV[1], ARGV[4]) == 1 then
   if string.sub(ARGV[4], 1, 4) == 'dead' then
     redis.call('HINCRBY', KEYS[1], 'batches_dead', 1)
@@ -59,9 +75,9 @@ if redis.call('HSETNX', KEYS[4], ARGV[1], ARGV[4]) == 1 then
 end
 redis.call('DEL', KEYS[5])
 redis.call('HSET', KEYS[1], 'updated_s', ARGV[3])
-for k = 2, 4 do redis.call('EXPIRE', KEYS[k], ARGV[2]) end
+for _, k in ipairs({2, 3, 4, 6}) do redis.call('EXPIRE', KEYS[k], ARGV[2]) end
 """ + _FINISH_LUA + """
-return {new_ok, new_failed}
+return {new.ok, new.failed, new.cancelled}
 """
 
 # KEYS: job ; ARGV: n_images, n_batches, now
@@ -117,8 +133,12 @@ class JobStatus:
         return self.job.as_dict()
 
     @property
+    def cancelled(self) -> int:
+        return self.job.cancelled
+
+    @property
     def finished(self) -> int:
-        return self.done + self.failed
+        return self.done + self.failed + self.cancelled
 
     @property
     def pending(self) -> int:
@@ -139,6 +159,16 @@ class JobStatus:
 
 
 _RECORD_FIELDS = frozenset(f.name for f in fields(JobRecord))
+
+
+def _status(rec: ResultRecord) -> str:
+    if rec.ok:
+        return "ok"
+    return "cancelled" if rec.error_code == JobCancelledError.code else "failed"
+
+
+def _hit(rec: ResultRecord) -> bool:
+    return bool(rec.ok and rec.label is not None and rec.top_k and str(rec.top_k[0].get("label")) == str(rec.label))
 
 
 class JobStore:
@@ -188,18 +218,19 @@ class JobStore:
         commands to the same round trip and reads the reply with ``written(replies[i])``."""
         args: list[Any] = [batch_no, self.ttl_s, time.time(), batch_state]
         for rec in records:
-            args.extend((rec.index, "1" if rec.ok else "0", rec.encode()))
+            args.extend((rec.index, _status(rec), rec.encode(), "" if rec.label is None else str(rec.label),
+                         "1" if _hit(rec) else "0"))
         job_keys = [keys.job(job_id), keys.job_results(job_id), keys.job_errors(job_id),
-                    keys.job_batches(job_id), payload_key]
+                    keys.job_batches(job_id), payload_key, keys.job_accuracy(job_id)]
         pipe.eval(_WRITE_BATCH_LUA, len(job_keys), *job_keys, *args)
 
     @staticmethod
     def written(reply: Any, job_id: str) -> tuple[int, int]:
-        """(new ok, new failed) from the reply of a queued batch write."""
-        new_ok, new_failed = reply
+        """(new ok, new not ok - failed or cancelled) from the reply of a queued batch write."""
+        new_ok, new_failed, new_cancelled = reply
         if new_ok < 0:
             raise JobError(f"job {job_id} no longer exists (expired or deleted)")
-        return int(new_ok), int(new_failed)
+        return int(new_ok), int(new_failed) + int(new_cancelled)
 
     def write_batch(self, job_id: str, batch_no: int, records: list[ResultRecord], payload_key: str,
                     batch_state: str = "done") -> tuple[int, int]:
@@ -289,13 +320,8 @@ class JobStore:
             pipe.hincrby(keys.job(job_id), "failed", failed)
         pipe.execute()
 
-    def cancel(self, job_id: str) -> str:
-        job = self.record(job_id)
-        if job.terminal:
-            return job.state
-        self.conn.hset(keys.job(job_id), mapping={"state": "cancelled", "cancelled_s": time.time()})
-        return "cancelled"
-
     def delete(self, job_id: str) -> None:
-        self.conn.delete(*keys.job_keys(job_id))
+        """Remove a job: its record, results and counters, and the payloads it still holds."""
+        payloads = list(self.conn.scan_iter(match=keys.payload(job_id, "*"), count=1000))  # type: ignore[arg-type]
+        self.conn.delete(*keys.job_keys(job_id), *payloads)
         self.conn.zrem(keys.JOBS, job_id)

@@ -1,6 +1,12 @@
 """Calibration jobs from the producer side: upload the calibration (and evaluation) images, send
 one task to one capable worker, and, when it finishes, pull a new quantized version into the local
-repository so `models list/show` see it on this machine too."""
+repository so `models list/show` see it on this machine too.
+
+The images are checked here, before a job exists: fewer decodable images than the method's minimum
+(``MIN_IMAGES``) among those the job would use is an ``InputError`` naming the paths and the count,
+so an empty folder or a folder of non-images leaves no job behind. The worker checks again (a
+payload may expire, a file may change between the check and the upload).
+"""
 
 from __future__ import annotations
 
@@ -10,13 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import catalog, keys, routing
-from common.calibration import METHODS, PTQ_ALGOS, RECOMMENDED_IMAGES
+from common.calibration import METHODS, MIN_IMAGES, PTQ_ALGOS, RECOMMENDED_IMAGES
 from common.celery_app import CALIBRATE_TASK
-from common.errors import CalibrationError, InputError
+from common.config import Settings
+from common.errors import CalibrationError, ImageError, InputError
+from common.imaging import Preprocessor
 from common.manifest import ModelManifest
 from common.schemas import CalibTask, JobRecord
 from producer.client import Client
-from producer.inputs import check_inputs, iter_inputs
+from producer.inputs import check_inputs, display_path, iter_inputs, read_bytes
 from producer.submit import _chunks, _payload, new_job_id, publish_local
 
 
@@ -49,7 +57,46 @@ def _check(opts: CalibrateOptions) -> None:
     if not opts.images:
         raise InputError("give calibration images with --images")
     check_inputs(opts.images)
-    check_inputs(opts.eval_paths)
+    if opts.eval_paths:
+        check_inputs(opts.eval_paths)
+
+
+def count_decodable(settings: Settings, manifest: ModelManifest, paths: tuple[str, ...], limit: int, need: int
+                    ) -> tuple[int, int]:
+    """(decodable images, inputs looked at) among the first ``limit`` inputs (0 = all), stopping at
+    ``need`` decodable ones: decoded exactly as the worker will (the manifest's preprocessing and the
+    pixel limit), so an image that passes here is not dropped there."""
+    pre = Preprocessor(manifest.preprocess, manifest.input.chw, settings.max_image_pixels,
+                       settings.strict_image_modes)
+    items = iter_inputs(paths)
+    good = seen = 0
+    for item in itertools.islice(items, limit) if limit else items:
+        seen += 1
+        data, _ = read_bytes(item.path, settings.max_file_bytes)
+        try:
+            pre(data)
+        except ImageError:
+            continue
+        good += 1
+        if good >= need:
+            break
+    return good, seen
+
+
+def check_images(client: Client, opts: CalibrateOptions, manifest: ModelManifest) -> None:
+    """Refuse a calibration set with fewer decodable images than the method needs (and an evaluation
+    set with none), before any job or payload exists."""
+    need, limit = MIN_IMAGES[opts.method], opts.samples or RECOMMENDED_IMAGES[opts.method]
+    good, seen = count_decodable(client.settings, manifest, opts.images, limit, need)
+    if good < need:
+        where = ", ".join(display_path(p) for p in opts.images)
+        cut = opts.samples and opts.samples == seen
+        used = f" (--samples {opts.samples} uses only the first {opts.samples})" if cut else ""
+        raise InputError(f"calibration images {where}: {good} decodable image(s) found in {seen} image file(s)"
+                         f"{used}; {opts.method} calibration needs at least {need}: point --images at more")
+    if opts.eval_paths and count_decodable(client.settings, manifest, opts.eval_paths, 0, 1)[0] == 0:
+        where = ", ".join(display_path(p) for p in opts.eval_paths)
+        raise InputError(f"evaluation images {where}: no decodable image found; give --eval images the model can read")
 
 
 def _upload(client: Client, job_id: str, evaluation: bool, paths: tuple[str, ...], limit: int, batch: int
@@ -77,6 +124,7 @@ def calibrate(client: Client, opts: CalibrateOptions, job_id: str | None = None)
     if opts.engine == "onnxruntime" and catalog.onnx_form(client.artifacts, vid, manifest, "fp32") is None:
         raise CalibrationError(f"{opts.model} ({vid}) has no ONNX form to calibrate; make it first with "
                                f"`trtbatch convert --model {opts.model} --wait`")
+    check_images(client, opts, manifest)
     batch = min(opts.batch_size, manifest.max_batch_size)
     queue = routing.calibration_queue(opts.method, opts.engine)
     job_id = job_id or new_job_id()
@@ -87,8 +135,11 @@ def calibrate(client: Client, opts: CalibrateOptions, job_id: str | None = None)
     limit = opts.samples or RECOMMENDED_IMAGES[opts.method]
     calib_keys, n = _upload(client, job_id, False, opts.images, limit, batch)
     eval_keys, n_eval = _upload(client, job_id, True, opts.eval_paths, 0, batch) if opts.eval_paths else ([], 0)
-    client.store.set_fields(job_id, eval_images=n_eval)
-    client.store.mark_submitted(job_id, n, len(calib_keys))
+    # Not mark_submitted: its counter script finishes a job once done + failed >= n_images, which a
+    # calibration job (finished by its worker, with a result) must never be - with 0 images it would be
+    # "done" at once, with no result version (producer/convert.py does the same).
+    client.store.set_fields(job_id, eval_images=n_eval, n_images=n, n_batches=len(calib_keys), state="queued",
+                            submit_complete=True)
     task = CalibTask(job_id=job_id, version_id=vid, model=opts.model, method=opts.method, algo=opts.algo,
                      payload_keys=tuple(calib_keys), eval_payload_keys=tuple(eval_keys), batch_size=batch,
                      samples=limit, drop_threshold_pt=opts.threshold_pt, engine=opts.engine)  # type: ignore[arg-type]

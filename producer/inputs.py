@@ -68,14 +68,34 @@ def iter_inputs(specs: Iterable[str]) -> Iterator[InputItem]:
         yield from _one(spec)
 
 
-def check_inputs(specs: Iterable[str]) -> None:
-    """Fail fast, before a job exists, on a path that names nothing at all."""
+def check_inputs(specs: Iterable[str]) -> list[str]:
+    """Fail fast, before a job exists: on a path that names nothing at all, a manifest with a bad row
+    anywhere (every row is read; images are not), or inputs that hold no image. Returns a warning
+    for each path that holds no image while others do."""
+    specs = list(specs)
+    if not specs:
+        return []
+    empty = []
     for spec in specs:
         if set(spec) & GLOB_CHARS and not os.path.lexists(spec):  # a real "photo [1].png" is a file
             if not glob.glob(spec, recursive=True):
                 raise InputError(f"no file matches {spec!r}")
         elif not os.path.lexists(spec):
             raise InputError(f"no such file or directory: {display_path(spec)}")
+        if not _holds_images(spec):
+            empty.append(spec)
+    if len(empty) == len(specs):
+        what = "these inputs" if len(specs) > 1 else display_path(specs[0])
+        raise InputError(f"no images in {what}: a folder needs files with an image extension "
+                         f"({', '.join(sorted(IMAGE_EXTENSIONS)[:6])}, ...), a manifest at least one row")
+    return [f"{display_path(spec)} holds no images" for spec in empty]
+
+
+def _holds_images(spec: str) -> bool:
+    """Whether ``spec`` yields an image; reads a manifest to its end so that a bad row fails now."""
+    if Path(spec).suffix.lower() in MANIFEST_EXTENSIONS and os.path.isfile(spec):
+        return sum(1 for _ in _manifest(spec)) > 0
+    return next(_one(spec), None) is not None
 
 
 def _one(spec: str) -> Iterator[InputItem]:

@@ -17,20 +17,28 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
-from common import catalog, keys, routing
+from common import catalog, closeout, keys, routing
 from common.calibration import available_tables, table_files
 from common.celery_app import INFER_TASK
-from common.errors import InputError, JobError, PrecisionUnsupportedError
+from common.errors import (
+    InputError,
+    JobCancelledError,
+    JobError,
+    PrecisionUnsupportedError,
+    TrtbatchError,
+    UnservableError,
+)
 from common.manifest import ModelManifest
-from common.schemas import BatchPayload, BatchTask, JobRecord, PayloadItem
+from common.schemas import TERMINAL_STATES, BatchPayload, BatchTask, JobRecord, PayloadItem
 from common.spec import ORT_CALIB_KEY, calib_key_for
 from producer.client import Client
 from producer.inputs import InputItem, check_inputs, display_path, iter_inputs, read_bytes
 
 BATCHES_PER_ROUND_TRIP = 8
 BACKPRESSURE_POLL_S = 0.05
+SERVABLE_CHECK_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,10 @@ class SubmitOptions:
     top_k: int = 0
     include_outputs: bool = False
     engine: str = "any"
+    #: the producer's working folder: what relative input paths (and the paths in results) are relative to
+    cwd: str = ""
+    #: the job whose failed and cancelled images this job retries (`trtbatch retry`)
+    retry_of: str = ""
 
 
 @dataclass(frozen=True)
@@ -70,13 +82,18 @@ def publish_local(client: Client, name: str, precision: str) -> None:
 
 
 def _batch(client: Client, opts: SubmitOptions, manifest: ModelManifest) -> int:
-    return min(opts.batch_size or client.settings.default_batch_size, manifest.max_batch_size)
+    """The batch size asked for (never changed: one the model cannot take is refused), else the
+    setting's default capped by the model's ``max_batch_size``."""
+    if opts.batch_size > manifest.max_batch_size:
+        raise InputError(f"--batch-size {opts.batch_size} is over {manifest.name}'s max_batch_size "
+                         f"{manifest.max_batch_size}; use at most {manifest.max_batch_size}")
+    return opts.batch_size or min(client.settings.default_batch_size, manifest.max_batch_size)
 
 
 def make_plan(client: Client, opts: SubmitOptions) -> Plan:
     routing.check_request(opts.target, opts.precision, opts.engine)
     if opts.batch_size < 0:
-        raise InputError(f"--batch-size must be positive, got {opts.batch_size}")
+        raise InputError(f"--batch-size must be at least 1, got {opts.batch_size}")
     if client.repo.exists(opts.model) or opts.precision == "int8":
         publish_local(client, opts.model, opts.precision)
 
@@ -137,16 +154,25 @@ def job_record(job_id: str, opts: SubmitOptions, plan: Plan) -> JobRecord:
 
 
 def submit(client: Client, opts: SubmitOptions, on_batch: Callable[[int], None] | None = None,
-           job_id: str | None = None) -> str:
-    """Create a job and send every batch; returns the job id."""
+           job_id: str | None = None, on_warning: Callable[[str], None] | None = None) -> str:
+    """Create a job and send every batch; returns the job id. Everything that can be checked before
+    the job exists is (inputs, model, precision, batch size): a refused submission leaves no job."""
     if not opts.paths:
         raise InputError("no input paths given")
-    check_inputs(opts.paths)
+    opts = replace(opts, cwd=opts.cwd or os.getcwd())
+    for warning in check_inputs(opts.paths):
+        if on_warning:
+            on_warning(warning)
     plan = make_plan(client, opts)
     job_id = job_id or new_job_id()
     if not client.store.create_job(job_record(job_id, opts, plan)):
         raise JobError(f"job {job_id} already exists; use `trtbatch submit --resume {job_id}`")
-    _send_all(client, job_id, opts, plan, 0, 0, on_batch)
+    try:
+        _send_all(client, job_id, opts, plan, 0, 0, on_batch)
+    except TrtbatchError:
+        if not client.store.progress(job_id):  # nothing was sent: no job to keep
+            client.store.delete(job_id)
+        raise
     return job_id
 
 
@@ -155,6 +181,8 @@ def resume(client: Client, job_id: str, on_batch: Callable[[int], None] | None =
     job = client.store.record(job_id)
     if job.submit_complete:
         return job_id
+    if job.terminal:
+        raise JobError(f"job {job_id} is {job.state} (after {job.n_enqueued} images were sent); nothing to resume")
     if not job.options:
         raise JobError(f"job {job_id} is not an inference job submitted by `trtbatch submit`; it cannot be resumed")
     opts = SubmitOptions(**{k: tuple(v) if k == "paths" else v for k, v in job.options.items()})
@@ -187,13 +215,21 @@ def _send_all(client: Client, job_id: str, opts: SubmitOptions, plan: Plan, skip
     index = 0
     for batch_no, chunk in enumerate(_chunks(iter_inputs(opts.paths), plan.batch_size)):
         if batch_no >= skip_batches:
-            if sender.add(batch_no, index, chunk) and client.store.job_state(job_id) == "cancelled":
-                break
+            if sender.add(batch_no, index, chunk) and client.store.job_state(job_id) in TERMINAL_STATES:
+                break  # cancelled, or failed as unservable: stop sending
             if on_batch:
                 on_batch(len(chunk))
         index += len(chunk)
     sender.flush()
-    client.store.mark_submitted(job_id, sender.sent_images, sender.sent_batches)
+    state = client.store.mark_submitted(job_id, sender.sent_images, sender.sent_batches)
+    error = client.store.record(job_id).error
+    if state == "cancelled":  # ended while we sent: close out what was sent since
+        closeout.close_out(client.store, job_id, JobCancelledError("job cancelled"))
+    elif state == "failed" and error:
+        closeout.close_out(client.store, job_id, UnservableError(error))
+    else:
+        closeout.check_servable(client.store, client.live_workers(), client.store.record(job_id),
+                                client.settings.unservable_grace_s)
 
 
 class _Sender:
@@ -206,6 +242,7 @@ class _Sender:
         self.sent_batches = sent_batches
         self.sent_images = sent_images
         self.max_inflight = client.settings.max_inflight_batches * plan.batch_size
+        self._checked_s = 0.0
 
     def add(self, batch_no: int, start: int, chunk: list[InputItem]) -> bool:
         """Queue one batch; returns True when a round trip was made."""
@@ -248,6 +285,15 @@ class _Sender:
         while True:
             meta = self.client.conn.hmget(keys.job(self.job_id), "n_enqueued", "done", "failed", "state")
             enqueued, done, failed = (int(x or 0) for x in meta[:3])
-            if enqueued - done - failed < self.max_inflight or meta[3] == b"cancelled":
+            if enqueued - done - failed < self.max_inflight or (meta[3] or b"").decode() in TERMINAL_STATES:
                 return
+            self._check_servable()
             time.sleep(BACKPRESSURE_POLL_S)
+
+    def _check_servable(self) -> None:
+        """While blocked on a job nobody serves, apply the unservable rule (so this wait ends too)."""
+        now = time.monotonic()
+        if now - self._checked_s >= SERVABLE_CHECK_S:
+            self._checked_s = now
+            closeout.check_servable(self.client.store, self.client.live_workers(),
+                                    self.client.store.record(self.job_id), self.client.settings.unservable_grace_s)

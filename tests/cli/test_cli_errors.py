@@ -88,7 +88,7 @@ def test_malformed_setting(cli_env: dict[str, str]) -> None:
 @pytest.mark.parametrize(("args", "expected"), [
     (["-m", "digits", "-p", "fp64"], "Invalid value for '-p' / '--precision': 'fp64' is not one of"),
     (["-m", "digits", "--backend", "tpu"], "Invalid value for '--backend'"),
-    (["-m", "digits", "--batch-size", "-3"], "Invalid value for --batch-size: must be positive"),
+    (["-m", "digits", "--batch-size", "-3"], "Invalid value for '-b' / '--batch-size': -3 is not in the range x>=1"),
     (["-m", "digits", "--top-k", "0"], "Invalid value for '-k' / '--top-k'"),
     ([], "--model is required (or TRTBATCH_MODEL)"),
 ])

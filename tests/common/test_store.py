@@ -101,8 +101,9 @@ def test_dead_and_failed_batch_states(store: JobStore) -> None:
 
 def test_job_finishes_when_submitted_before_the_last_batch(store: JobStore) -> None:
     new_job(store)
+    assert store.mark_submitted("j", 5, 2) == "queued"  # all sent, nothing finished
     store.write_batch("j", 0, [rec(0), rec(1), rec(2)], payload(store, "j", 0))
-    assert store.mark_submitted("j", 5, 2) == "queued"
+    assert store.job_state("j") == "running"
     meta = store.meta("j")
     assert meta["submit_complete"] is True and meta["finished_s"] is None
     assert not store.conn.hexists(keys.job("j"), "finished_s")
@@ -116,9 +117,27 @@ def test_job_finishes_when_submitted_after_the_last_batch(store: JobStore) -> No
     new_job(store)
     store.write_batch("j", 0, [rec(0), rec(1), rec(2)], payload(store, "j", 0))
     store.write_batch("j", 1, [rec(3), rec(4)], payload(store, "j", 1))
-    assert store.job_state("j") == "submitting"  # the producer has not said it is done sending
+    assert store.job_state("j") == "running"  # the producer has not said it is done sending
     assert store.mark_submitted("j", 5, 2) == "done"
     assert store.meta("j")["finished_s"] > 0
+
+
+def test_job_where_no_image_succeeded_fails(store: JobStore) -> None:
+    new_job(store)
+    store.write_batch("j", 0, [rec(0, ok=False), rec(1, ok=False)], payload(store, "j", 0))
+    assert store.mark_submitted("j", 2, 1) == "failed"
+    assert store.status("j").terminal
+
+
+def test_accuracy_counts_new_labelled_records_once(store: JobStore) -> None:
+    new_job(store)
+    hit = ResultRecord(index=0, path="a", ok=True, label="1", top_k=[{"label": "1", "score": 0.9}], job_id="j")
+    miss = ResultRecord(index=1, path="b", ok=True, label="2", top_k=[{"label": "1", "score": 0.6}], job_id="j")
+    broken = ResultRecord(index=2, path="c", ok=False, label="2", error="bad", error_code="bad_image", job_id="j")
+    unlabelled = rec(3)
+    for _ in range(2):  # a batch delivered twice counts once
+        store.write_batch("j", 0, [hit, miss, broken, unlabelled], payload(store, "j", 0))
+    assert store.conn.hgetall(keys.job_accuracy("j")) == {b"n:1": b"1", b"c:1": b"1", b"n:2": b"2", b"f:2": b"1"}
 
 
 def test_empty_job_is_done_at_once(store: JobStore) -> None:
@@ -149,23 +168,6 @@ def test_note_enqueued(store: JobStore) -> None:
     assert 0 < store.conn.ttl(keys.job_progress("j")) <= TTL
 
 
-def test_cancel(store: JobStore) -> None:
-    new_job(store)
-    store.mark_submitted("j", 4, 2)
-    assert store.cancel("j") == "cancelled"
-    meta = store.meta("j")
-    assert meta["state"] == "cancelled" and meta["cancelled_s"] > 0
-    store.write_batch("j", 0, [rec(0), rec(1)], payload(store, "j", 0))
-    store.write_batch("j", 1, [rec(2), rec(3)], payload(store, "j", 1))
-    assert store.job_state("j") == "cancelled"  # finishing the images does not un-cancel it
-    assert store.cancel("j") == "cancelled"
-    new_job(store, "k")
-    store.mark_submitted("k", 0, 0)
-    assert store.cancel("k") == "done"  # a finished job stays finished
-    with pytest.raises(JobError, match="no job 'nope'"):
-        store.cancel("nope")
-
-
 def test_status_while_submitting_and_after(store: JobStore) -> None:
     new_job(store)
     store.note_enqueued("j", 3, {"batches": 1, "images": 3})
@@ -174,7 +176,7 @@ def test_status_while_submitting_and_after(store: JobStore) -> None:
     store.note_enqueued("j", 3, {"batches": 2, "images": 6})
     assert store.progress("j") == {"batches": 2, "images": 6}
     st = store.status("j")
-    assert (st.state, st.n_images, st.done, st.failed, st.pending, st.submit_complete) == ("submitting", 6, 1, 2, 3,
+    assert (st.state, st.n_images, st.done, st.failed, st.pending, st.submit_complete) == ("running", 6, 1, 2, 3,
                                                                                            False)
     assert not st.terminal
     assert st.error_reasons == {"corrupt or truncated PNG": 1, "empty file (0 bytes)": 1}
@@ -182,7 +184,7 @@ def test_status_while_submitting_and_after(store: JobStore) -> None:
     st = store.status("j")
     assert st.n_images == 7 and st.pending == 4 and st.finished == 3
     d = st.as_dict()
-    assert d["job_id"] == "j" and d["state"] == "queued" and d["pending"] == 4 and d["model"] == "digits"
+    assert d["job_id"] == "j" and d["state"] == "running" and d["pending"] == 4 and d["model"] == "digits"
     assert d["elapsed_s"] >= 0 and d["images_per_s"] > 0
     assert store.status("j", reasons=1).error_reasons in ({"corrupt or truncated PNG": 1},
                                                           {"empty file (0 bytes)": 1})

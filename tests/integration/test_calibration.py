@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 import zlib  # noqa: F401  # before paddle
@@ -12,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from common import keys
+from common import keys, routing
 from common.artifacts import ArtifactStore
-from common.errors import PrecisionUnsupportedError
+from common.celery_app import CALIBRATE_TASK
+from common.errors import InputError, PrecisionUnsupportedError
+from common.schemas import CalibTask, JobRecord
 from producer import calibrate as calib_lib
 from producer import jobs, submit
 from tests.helpers import REPO_ROOT, running_worker, worker_env
@@ -109,13 +112,75 @@ def test_int8_jobs_on_two_workers_with_separate_caches(ptq_job, digits, redis_se
         assert (first / name).read_bytes() == (second / name).read_bytes()
 
 
-def test_too_few_calibration_images_is_a_clear_error(cpu_worker, digits, client, tmp_path):
+def no_job_state(conn) -> list[bytes]:
+    """Keys a job would leave: its record, payloads, the jobs index, a queued message."""
+    found = [k for k in conn.scan_iter(match=f"{keys.PREFIX}:*") if k.split(b":")[1] in (b"job", b"payload", b"jobs")]
+    queues = [k for k in conn.scan_iter(match=keys.broker_queue("*")) if conn.type(k) == b"list" and conn.llen(k)]
+    return found + queues
+
+
+def test_too_few_calibration_images_is_refused_before_a_job_exists(digits, client, tmp_path, redis_server):
     calib = subset_manifest(digits["labels"], tmp_path / "few.csv", 0, 5)
-    job_id = calib_lib.calibrate(client, calib_lib.CalibrateOptions(model="digits", images=(str(calib),)))
-    final = jobs.wait(client, job_id, timeout_s=120)
-    assert final.state == "failed"
-    assert "only 5 usable calibration images" in final.meta["error"]
-    assert "at least 16" in final.meta["error"]
+    with pytest.raises(InputError, match="5 decodable image\\(s\\) found in 5 image file\\(s\\); ptq calibration "
+                                         "needs at least 16"):
+        calib_lib.calibrate(client, calib_lib.CalibrateOptions(model="digits", images=(str(calib),)))
+    with pytest.raises(InputError, match="--samples 8 uses only the first 8"):
+        calib_lib.calibrate(client, calib_lib.CalibrateOptions(model="digits", images=(str(digits["images"]),),
+                                                               samples=8))
+    assert no_job_state(redis_server.client()) == []
+
+
+def bad_image_folder(tmp_path: Path, case: str) -> Path:
+    folder = tmp_path / case
+    if case == "missing":
+        return folder
+    folder.mkdir()
+    for i in range(20):
+        if case == "corrupt-images":  # image names, no image inside
+            (folder / f"{i}.png").write_bytes(b"not a png " * i)
+        elif case == "text-files":
+            (folder / f"notes{i}.txt").write_text("hello")
+    return folder
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    ("empty", "(no images in|0 decodable image)"),
+    ("text-files", "(no images in|0 decodable image)"),
+    ("corrupt-images", "0 decodable image\\(s\\) found in 20 image file\\(s\\); ptq calibration needs at least 16"),
+    ("missing", "no such file or directory: "),
+])
+def test_calibrate_cli_refuses_unusable_image_folders(case, expected, digits, base_env, redis_server, tmp_path):
+    """`trtbatch calibrate --images DIR --wait` on a folder it cannot calibrate from: exit 2 and one line
+    naming the folder, before a job exists (it used to record a "done" job and end in a traceback)."""
+    folder = bad_image_folder(tmp_path, case)
+    out = subprocess.run([sys.executable, "-c", "from cli import main; main()", "calibrate", "--model", "digits",
+                          "--images", str(folder), "--wait"], env=worker_env(base_env), capture_output=True, text=True,
+                         cwd=REPO_ROOT, timeout=120)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(expected, lines[0]) and str(folder) in lines[0], out.stderr
+    assert no_job_state(redis_server.client()) == []
+
+
+def test_worker_fails_a_calibration_job_with_unusable_images(cpu_worker, digits, client, tmp_path, monkeypatch):
+    """Jobs that reach a worker without usable images (the producer's check skipped, as an older or
+    foreign producer would) fail with the reason - never "done", never a retried traceback."""
+    monkeypatch.setattr(calib_lib, "check_images", lambda *_: None)
+    corrupt = calib_lib.calibrate(client, calib_lib.CalibrateOptions(
+        model="digits", images=(str(bad_image_folder(tmp_path, "corrupt-images")),)))
+    vid = client.artifacts.versions("digits")[0]
+    empty = "calib-no-images"
+    client.store.create_job(JobRecord(job_id=empty, kind="calibration", model="digits", version_id=vid,
+                                      queue=routing.calibration_queue("ptq", "paddle")))
+    client.store.set_fields(empty, state="queued", submit_complete=True, n_images=0)
+    task = CalibTask(job_id=empty, version_id=vid, model="digits", method="ptq", algo="hist", payload_keys=())
+    client.app.send_task(CALIBRATE_TASK, args=[task.encode()], queue=routing.calibration_queue("ptq", "paddle"))
+    for job_id, expected in ((corrupt, "only 0 usable calibration images (20 unreadable)"),
+                             (empty, "carries no calibration images; ptq needs at least 16")):
+        final = jobs.wait(client, job_id, timeout_s=120)
+        assert final.state == "failed", final.as_dict()
+        assert expected in final.meta["error"] and "retries" not in final.meta["error"]
+        assert not final.meta.get("result_version")
 
 
 def test_int8_without_calibration_names_the_command(client, digits, tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common import closeout
 from common.artifacts import ArtifactStore
 from common.imaging import Preprocessor
 from common.manifest import ModelManifest
@@ -33,8 +34,15 @@ def test_digits_accuracy_end_to_end(client, cpu_worker, digits):
     assert final.done == 540 and final.failed == 0
     assert [r.index for r in records] == list(range(540))
     acc = jobs.accuracy(client, job_id)
-    assert acc["labelled"] == 540
+    assert acc["labelled"] == 540 and acc["failed"] == 0
     assert acc["accuracy"] >= 0.97
+    truth: dict[str, list[int]] = {}
+    for r in records:  # the counters the result writes keep agree with the records themselves
+        truth.setdefault(r.label, []).append(int(r.top_k[0]["label"] == r.label))
+    assert {k: (v["labelled"], v["correct"]) for k, v in acc["per_class"].items()} == \
+        {k: (len(v), sum(v)) for k, v in truth.items()}
+    assert list(acc["per_class"]) == [str(i) for i in range(10)]
+    assert jobs.status(client, job_id)["accuracy"] == acc
     rec = records[0]
     assert rec.ok and rec.error is None
     assert rec.worker == cpu_worker and rec.device == "cpu" and rec.precision == "fp32" and rec.backend == "cpu"
@@ -104,7 +112,8 @@ def test_tensorrt_int8_on_a_node_without_tensorrt_fails_clearly(client, cpu_work
     artifacts = ArtifactStore(client.conn)
     vid = artifacts.publish_version("digits", digits["repo"] / "digits")
     manifest = artifacts.manifest(vid)
-    trt_node = NodeInfo(cuda=True, trt_compile_version=(8, 5, 3), trt_runtime=True, gpu_count=1)
+    trt_node = NodeInfo(cuda=True, trt_compile_version=(8, 5, 3), paddle_version="2.6.2", trt_runtime=True,
+                        gpu_count=1)
     spec = build_spec(manifest, vid, trt_node, "gpu", "trt", "int8", 16, "trt-calib")
     table = workdir / "trt_calib_x"
     table.write_bytes(b"TRT-8503-EntropyCalibration2\n")
@@ -114,7 +123,7 @@ def test_tensorrt_int8_on_a_node_without_tensorrt_fails_clearly(client, cpu_work
         _, final, records = run_job(client, files, precision="int8", target="trt")
     finally:
         client.conn.delete(key)
-    assert final.state == "done" and final.failed == 3
+    assert final.state == "failed" and final.failed == 3  # no image succeeded
     for rec in records:
         assert rec.error_code == "precision_unsupported"
         assert "trt/int8" in rec.error and "without CUDA" in rec.error
@@ -129,7 +138,7 @@ def test_status_says_when_no_live_worker_can_serve(client, cpu_worker, digits):
     assert st["queue"] == "trtbatch.paddle.any.fp16"  # digits has no ONNX form: only Paddle-TRT can serve it
     assert st["served_by"] == []
     assert "no live worker can serve queue trtbatch.paddle.any.fp16" in st["unservable"]
-    client.store.cancel(job_id)
+    closeout.cancel(client.store, job_id)
 
 
 def test_csv_export_and_cancel(client, cpu_worker, digits):
@@ -139,4 +148,4 @@ def test_csv_export_and_cancel(client, cpu_worker, digits):
     rows = list(csv.DictReader(io.StringIO(out.getvalue())))
     assert n == len(rows) == final.done
     assert rows[0]["ok"] == "True" and rows[0]["top1_label"] and json.loads(rows[0]["top_k"])
-    assert client.store.cancel(job_id) == "done"  # a finished job stays finished
+    assert closeout.cancel(client.store, job_id) == "done"  # a finished job stays finished

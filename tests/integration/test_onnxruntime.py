@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common import closeout
 from common.errors import PrecisionUnsupportedError
 from common.repo import ModelRepository
 from producer import calibrate as calib_lib
@@ -180,4 +181,4 @@ def test_onnxruntime_tensorrt_calibration_table(client, cpu_worker, digits):
                                                      engine="onnxruntime", target="trt"))
     status = jobs.status(client, job)
     assert "needs a GPU worker with onnxruntime-gpu and TensorRT 10" in status["unservable"]
-    client.store.cancel(job)
+    closeout.cancel(client.store, job)

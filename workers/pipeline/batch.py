@@ -158,6 +158,10 @@ def gpu_decoder(ctx: SlotContext, pre: Preprocessor, predictor: Predictor) -> An
     the predictor takes device batches; else None (the Pillow path)."""
     if not (ctx.identity.gpu_decode and predictor.accepts_device_input):
         return None
+    from workers.pipeline.gpu_route import GPU, preprocess_route
+
+    if preprocess_route(pre.pre) != GPU:  # every image of this model goes the Pillow path anyway
+        return None
     key = (pre.pre, pre.chw, pre.max_pixels, pre.strict_modes)
     found = ctx.gpu_decoders.get(key)
     if found is None:

@@ -155,7 +155,24 @@ def _report_backend(ctx: SlotContext, task: CalibTask, precision: str) -> tuple[
     return engine, backend
 
 
+def check_task(task: CalibTask) -> None:
+    """Refuse a task the producer should not have sent (another producer's version, a hand-made
+    message) with a reason, before anything is downloaded: a ``KeyError`` here would be retried."""
+    if task.method not in calib_contract.METHODS:
+        raise CalibrationError(f"unknown calibration method {task.method!r}; choose one of "
+                               f"{', '.join(calib_contract.METHODS)}")
+    if task.method == "ptq" and task.algo not in calib_contract.PTQ_ALGOS:
+        raise CalibrationError(f"unknown PTQ algorithm {task.algo!r}; choose one of "
+                               f"{', '.join(calib_contract.PTQ_ALGOS)}")
+    if task.batch_size < 1:
+        raise CalibrationError(f"calibration batch size {task.batch_size}: send the job again with --batch-size >= 1")
+    if not task.payload_keys:
+        raise CalibrationError(f"calibration job {task.job_id} carries no calibration images; {task.method} needs at "
+                               f"least {calib_contract.MIN_IMAGES[task.method]}: send it again with --images DIR")
+
+
 def run_calibration(ctx: SlotContext, task: CalibTask) -> dict[str, Any]:
+    check_task(task)
     manifest, model_dir = load_manifest(ctx, task.version_id)
     if manifest.quantized:
         raise CalibrationError(f"model {task.model} is already quantized; calibrate its FP32 base")

@@ -13,6 +13,9 @@ is written - with the messages that exist, queued or unacked, read in one MULTI.
 producer has sent (below the job's resume cursor), that is not written and has no message in two
 sweeps at least ``visibility_timeout_s / 2`` apart is sent again, rebuilt from the job's metadata.
 A false alarm costs one duplicate delivery, which finds the batch written and does nothing.
+
+The same sweep applies the unservable rule (common/closeout.py) to recent active jobs, so a job
+that no live worker serves ends after ``unservable_grace_s`` even when nobody is looking at it.
 """
 
 from __future__ import annotations
@@ -28,13 +31,28 @@ from celery import bootsteps
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from common import keys, redisconn
+from common import closeout, fleet, keys, redisconn
 from common.celery_app import INFER_TASK
 from common.schemas import BatchTask, JobRecord
+from common.store import JobStore
 from workers.pipeline import context
 
 log = logging.getLogger("trtbatch.orphans")
 ACTIVE = ("submitting", "queued", "running")
+#: How many of a queue's newest messages are searched for the one just sent (others may publish too).
+TO_HEAD_SCAN = 64
+# KEYS: the queue's list ; ARGV: task id, how many newest messages to search. Kombu LPUSHes and
+# consumers BRPOP: the head, popped next, is the right end.
+_TO_HEAD_LUA = """
+for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)) do
+  if string.find(raw, ARGV[1], 1, true) then
+    redis.call('LREM', KEYS[1], 1, raw)
+    redis.call('RPUSH', KEYS[1], raw)
+    return 1
+  end
+end
+return 0
+"""
 
 
 def message_batch(message: dict[str, Any]) -> tuple[str, int] | None:
@@ -108,7 +126,11 @@ def resend(app: Any, conn: redis.Redis, batch_no: int, job: JobRecord) -> None:
                      batch_size=size, n_images=min(size, sent_images(conn, job) - start), start_index=start,
                      int8_source=job.int8_source, top_k=job.top_k, include_outputs=job.include_outputs,
                      engine=job.engine)
-    app.send_task(INFER_TASK, args=[task.encode()], queue=job.queue)
+    sent = app.send_task(INFER_TASK, args=[task.encode()], queue=job.queue)
+    # Kombu publishes to the tail of the queue; a batch this late goes to the head, where kombu's own
+    # sweep puts back the messages it restores. Behind a full queue (max_inflight_batches) on a busy
+    # machine it waited 15-25 s more (tests/integration/test_faults.py's chaos test, under load).
+    conn.eval(_TO_HEAD_LUA, 1, keys.broker_queue(job.queue), sent.id, TO_HEAD_SCAN)
 
 
 def sweep(conn: redis.Redis, app: Any, confirm_s: float, now: float | None = None) -> list[tuple[str, int]]:
@@ -143,6 +165,7 @@ class OrphanStep(bootsteps.StartStopStep):
 
     def start(self, c: Any) -> None:
         settings, _ = context.configured()
+        self._settings = settings
         # no retries: a sweep during a Redis outage fails at once (and logs) instead of holding the
         # consumer's event loop; the next tick tries again
         self._conn = redisconn.client(settings, retry=Retry(NoBackoff(), 0))
@@ -157,8 +180,15 @@ class OrphanStep(bootsteps.StartStopStep):
             lock_ms = int(self.interval_s * 1000) - 100
             if self._conn.set(keys.ORPHANS_LOCK, "1", nx=True, px=lock_ms):  # type: ignore[union-attr]
                 sweep(self._conn, self._app, self.confirm_s)  # type: ignore[arg-type]
+                self._sweep_unservable()
         except Exception as exc:  # never let the sweep take the consumer down
             log.warning("orphan sweep failed (will retry): %s", exc)
+
+    def _sweep_unservable(self) -> None:
+        """Jobs that no live worker serves end after the grace period even if nobody looks at them."""
+        store = JobStore(self._conn, self._settings.result_ttl_s)  # type: ignore[arg-type]
+        workers = fleet.live_workers(self._conn, self._settings.heartbeat_ttl_s)  # type: ignore[arg-type]
+        closeout.sweep_unservable(store, workers, self._settings.unservable_grace_s)
 
     def stop(self, c: Any) -> None:
         if self._tref is not None:

@@ -87,10 +87,16 @@ def test_job_gone_drops_the_batch(slot: SlotContext, digits_version: str, digits
     assert not slot.conn.exists(keys.job_results(job.job_id))
 
 
+def cancelled_before_close_out(slot: SlotContext, job_id: str) -> None:
+    """A job cancelled whose close-out has not covered this batch (a producer's round trip in flight
+    sent it after `cancel` closed out the rest): the worker itself must fail it as cancelled."""
+    slot.conn.hset(keys.job(job_id), "state", "cancelled")
+
+
 def test_cancelled_job_is_a_permanent_error(slot: SlotContext, digits_version: str, digits) -> None:
     job = new_job(slot.store, digits_version)
     task = put_batch(slot.conn, job, 0, digit_files(digits, 2))
-    slot.store.cancel(job.job_id)
+    cancelled_before_close_out(slot, job.job_id)
     with pytest.raises(JobCancelledError):
         run_batch(slot, task)
 
@@ -172,7 +178,7 @@ def test_policy_fails_permanent_errors_at_once(slot: SlotContext, digits_version
     monkeypatch.setattr(context, "_CONFIGURED", {"ctx": slot})
     job = new_job(slot.store, digits_version)
     task = put_batch(slot.conn, job, 0, digit_files(digits, 2))
-    slot.store.cancel(job.job_id)
+    cancelled_before_close_out(slot, job.job_id)
     probe = PolicyProbe(retries=0)
     assert tasks.infer(probe, task.encode())["failed"] == 2
     assert probe.retried == []

@@ -8,7 +8,7 @@ import json
 import pytest
 import redis
 
-from common import keys
+from common import closeout, keys
 from common.celery_app import INFER_TASK, make_app
 from common.config import Settings
 from common.schemas import BatchTask, JobRecord
@@ -92,7 +92,7 @@ def test_finished_jobs_and_vanished_orphans_are_forgotten(app, store_conn: redis
     _send(app, 0)  # its message shows up after all (it was in transit)
     assert sweep(store_conn, app, confirm_s=5, now=1001.0) == []
     assert store_conn.hkeys(keys.ORPHANS) == [f"{JOB}:1".encode()]
-    store.cancel(JOB)
+    closeout.cancel(store, JOB)
     assert find_orphans(store_conn) == {}
     assert sweep(store_conn, app, confirm_s=5, now=1010.0) == []
     assert not store_conn.exists(keys.ORPHANS)
@@ -111,3 +111,19 @@ def test_payloads_of_whole_job_tasks_are_never_sent_as_batches(app, store_conn: 
     assert sweep(store_conn, app, confirm_s=0, now=1000.0) == []
     assert sweep(store_conn, app, confirm_s=0, now=1001.0) == []
     assert _queued(store_conn) == []
+
+
+def test_a_resent_orphan_is_consumed_before_the_queue_behind_it(app, store_conn: redis.Redis) -> None:
+    """An orphan is already late: sent again, it goes to the head of its queue (where kombu puts back
+    the messages it restores), not behind every batch the producer queued since."""
+    _job(store_conn, sent_batches=12, sent_images=48)
+    store_conn.set(keys.payload(JOB, 11), b"payload")  # the lost one
+    for b in range(11):  # ten more waiting in the queue (and their payloads)
+        store_conn.set(keys.payload(JOB, b), b"payload")
+    _send(app, *range(11))
+    assert sweep(store_conn, app, confirm_s=0, now=1000.0) == []
+    assert sweep(store_conn, app, confirm_s=0, now=1001.0) == [(JOB, 11)]
+    with app.connection_for_read() as conn:
+        first = conn.default_channel.basic_get(QUEUE, no_ack=True)
+        assert BatchTask.decode(first.decode()[0][0]).batch_no == 11
+    assert sorted(t.batch_no for t in _queued(store_conn)) == list(range(11))

@@ -1,0 +1,140 @@
+"""Ending a job early: cancelled by a user, or failed because no live worker can serve it.
+
+Either way every image the job sent and nobody has served yet gets a record at once - cancelled
+images with code ``cancelled`` (counted apart from failures), the others with the error's code - so
+the job is finished the moment it ends: ``--wait`` returns, ``status`` adds up, ``retry`` finds the
+images, and nothing waits for a worker that will never come. Records are written by the store's
+idempotent batch write, so a worker that serves one of these batches meanwhile wins for the images
+it wrote first and a late delivery finds the batch written. The same rule, "no live worker serves
+the queue for ``unservable_grace_s``", is applied by every status query, every ``--wait`` and every
+worker's sweep (``check_servable``), whichever comes first.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from common import fleet, keys
+from common.errors import DecodeError, JobCancelledError, TrtbatchError, UnservableError
+from common.schemas import BatchPayload, JobRecord, PayloadItem, ResultRecord
+from common.store import JobStore
+
+BATCHES_PER_ROUND_TRIP = 8
+
+# KEYS: job ; ARGV: state, now, error. Ends an active job; returns 1 if this call ended it.
+_END_LUA = """
+local st = redis.call('HGET', KEYS[1], 'state')
+if st ~= 'submitting' and st ~= 'queued' and st ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'finished_s', ARGV[2], 'updated_s', ARGV[2])
+if ARGV[1] == 'cancelled' then redis.call('HSET', KEYS[1], 'cancelled_s', ARGV[2]) end
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
+return 1
+"""
+
+
+def cancel(store: JobStore, job_id: str) -> str:
+    """Cancel a job and give its unserved images a ``cancelled`` record; returns the job's state."""
+    job = store.record(job_id)
+    if job.kind == "inference":
+        end(store, job_id, "cancelled", JobCancelledError("job cancelled"))
+    elif not job.terminal:
+        store.conn.eval(_END_LUA, 1, keys.job(job_id), "cancelled", time.time(), "")
+    return store.record(job_id).state
+
+
+def end(store: JobStore, job_id: str, state: str, error: TrtbatchError) -> int:
+    """End an active job as ``state`` and close out what it sent; returns the records written. Safe to
+    repeat: a job already ended only gets the close-out (for batches sent since, e.g. by a producer
+    that had a round trip in flight)."""
+    reason = "" if isinstance(error, JobCancelledError) else str(error)
+    store.conn.eval(_END_LUA, 1, keys.job(job_id), state, time.time(), reason)
+    return close_out(store, job_id, error)
+
+
+def close_out(store: JobStore, job_id: str, error: TrtbatchError) -> int:
+    """Write ``error``'s record for every sent image that has none; returns how many were written."""
+    job = store.record(job_id)
+    n_batches, n_images = _sent(store, job)
+    written = {int(b) for b in store.conn.hkeys(keys.job_batches(job_id))}
+    todo = [b for b in range(n_batches) if b not in written]
+    state = f"failed:{error.code}"
+    total = 0
+    for start in range(0, len(todo), BATCHES_PER_ROUND_TRIP):
+        chunk = todo[start:start + BATCHES_PER_ROUND_TRIP]
+        raws = store.conn.mget([keys.payload(job_id, b) for b in chunk])
+        pipe = store.conn.pipeline(transaction=False)
+        for batch_no, raw in zip(chunk, raws, strict=True):
+            items = _items(raw, job, batch_no, n_images)
+            records = [_record(job, batch_no, item, error) for item in items]
+            store.queue_write_batch(pipe, job_id, batch_no, records, keys.payload(job_id, batch_no), state)
+        total += sum(sum(store.written(reply, job_id)) for reply in pipe.execute())
+    return total
+
+
+def _sent(store: JobStore, job: JobRecord) -> tuple[int, int]:
+    """(batches, images) the producer has sent: all of them, or up to its resume cursor."""
+    if job.submit_complete:
+        return job.n_batches, job.n_images
+    raw = store.conn.get(keys.job_progress(job.job_id))
+    cursor = json.loads(raw) if raw else {}
+    return int(cursor.get("batches", 0)), int(cursor.get("images", 0))
+
+
+def _items(raw: bytes | None, job: JobRecord, batch_no: int, n_images: int) -> list[PayloadItem]:
+    """The batch's items from its payload (paths and labels), or placeholders when it is gone."""
+    if raw:
+        try:
+            return list(BatchPayload.decode(raw).items)
+        except DecodeError:
+            pass
+    start = batch_no * job.batch_size
+    return [PayloadItem(index=i, path="") for i in range(start, min(start + job.batch_size, n_images))]
+
+
+def _record(job: JobRecord, batch_no: int, item: PayloadItem, error: TrtbatchError) -> ResultRecord:
+    return ResultRecord(index=item.index, path=item.path, ok=False, error=str(error), error_code=error.code,
+                        label=item.label, job_id=job.job_id, batch_no=batch_no, model=job.model,
+                        version_id=job.version_id, precision=job.precision, engine=job.engine)
+
+
+def check_servable(store: JobStore, workers: list[fleet.WorkerInfo], job: JobRecord, grace_s: float,
+                   now: float | None = None) -> str | None:
+    """Apply the unservable rule to one job; returns why no live worker serves it now (None if one does).
+
+    The first check that finds nobody notes the time in the job; one that finds nobody ``grace_s``
+    later fails the job's images with the reason; one that finds a server clears the note.
+    """
+    if job.terminal or job.kind != "inference":
+        return None
+    now = time.time() if now is None else now
+    reason = fleet.unservable_reason(workers, job.queue)
+    key = keys.job(job.job_id)
+    if reason is None:
+        if job.unservable_since is not None:
+            store.conn.hdel(key, "unservable_since")
+        return None
+    if job.unservable_since is None:
+        store.conn.hsetnx(key, "unservable_since", now)
+    elif now - job.unservable_since >= grace_s:
+        waited = now - job.unservable_since
+        end(store, job.job_id, "failed", UnservableError(
+            f"{reason} (nobody served it for {waited:.0f} s; unservable_grace_s = {grace_s:g})"))
+    return reason
+
+
+def sweep_unservable(store: JobStore, workers: list[fleet.WorkerInfo], grace_s: float, recent: int = 1000,
+                     now: float | None = None) -> list[str]:
+    """Apply the unservable rule to the ``recent`` newest active inference jobs (a worker's periodic
+    sweep: jobs end even when nobody looks at them); returns the ids of jobs nobody serves now."""
+    ids = [i.decode() for i in store.conn.zrevrange(keys.JOBS, 0, recent - 1)]
+    pipe = store.conn.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hmget(keys.job(job_id), "state", "kind")
+    active = [job_id for job_id, (state, kind) in zip(ids, pipe.execute(), strict=True)
+              if state in (b"submitting", b"queued", b"running") and kind in (None, b"inference")]
+    stuck = []
+    for job_id in active:
+        if check_servable(store, workers, store.record(job_id), grace_s, now):
+            stuck.append(job_id)
+    return stuck
