@@ -89,6 +89,7 @@ class OrtPredictor(Predictor):
         inputs = self._session.get_inputs()
         self.input_names = [i.name for i in inputs]
         self.output_names = [o.name for o in self._session.get_outputs()]
+        # the graph's declared input shape (-1: dynamic); validation reads the model itself (model_info)
         self.declared_input_shape = [d if isinstance(d, int) else -1 for d in inputs[0].shape]
         self.runs = 0
         self._ort = onnxruntime(spec.device == "gpu")

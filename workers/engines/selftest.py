@@ -111,7 +111,9 @@ def ort_canary(dest: Path) -> Path:
     graph = helper.make_graph(nodes, "canary",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 32, 32])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    # IR version 8 (onnx 1.10+): a newer onnx package would stamp its own, which an older ONNX Runtime
+    # refuses ("Unsupported model IR version") - the canary must load on any runtime we support
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     path = dest / "model.onnx"
     onnx.save(model, str(path))
     return path

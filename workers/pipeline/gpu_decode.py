@@ -6,8 +6,9 @@ CPU/GPU decoder), with fancy chroma upsampling as libjpeg-turbo does it. Two CUD
 (workers/pipeline/resample.py) then resize every image with Pillow's coefficients and fixed-point
 arithmetic, crop, convert the colour and normalise exactly as the manifest says, straight into the
 batch tensor. Images the router sends to Pillow - and any the GPU decoder gives up on - are decoded
-by the Pillow path and copied into their rows. The tensor goes to the engine through ONNX Runtime's
-IO binding: no host round trip.
+by the Pillow path and copied into their rows; so are all images of a model whose preprocessing the
+kernels do not reproduce (padding, a resize other than bilinear: ``gpu_route.preprocess_route``).
+The tensor goes to the engine through ONNX Runtime's IO binding: no host round trip.
 
 Needs ``nvidia-nvimgcodec-cu13`` (+ ``nvidia-nvjpeg``) and CuPy; ``available()`` says whether they load.
 """
@@ -25,7 +26,7 @@ from common.errors import ImageError
 from common.imaging import Preprocessor
 from common.manifest import Preprocess
 from common.schemas import PayloadItem
-from workers.pipeline.gpu_route import GPU, route
+from workers.pipeline.gpu_route import GPU, preprocess_route, route
 from workers.pipeline.resample import KERNELS, coefficients
 
 THREADS = 256
@@ -83,11 +84,17 @@ class GpuDecoder:
         self.a = cupy.asarray(pre._a, dtype=cupy.float32)
         self.b = cupy.asarray(pre._b, dtype=cupy.float32)
         self.channels = 1 if pre.pre.color == "L" else 3
+        self.model_route = preprocess_route(pre.pre)  # GPU, or why no image of this model goes there
+
+    def _route(self, item: PayloadItem) -> str:
+        if item.error:
+            return "unreadable"
+        return route(item.data, self.pre.max_pixels) if self.model_route == GPU else self.model_route
 
     def decode(self, items: list[PayloadItem], cpu_decode) -> GpuBatch:
         """``cpu_decode(items) -> (host buffer, decoded)``: the Pillow path for the items it is handed."""
         cp = self.cp
-        routes = [route(it.data, self.pre.max_pixels) if not it.error else "unreadable" for it in items]
+        routes = [self._route(it) for it in items]
         gpu_idx = [i for i, r in enumerate(routes) if r == GPU]
         images = self.decoder.decode([self.nv.CodeStream(items[i].data) for i in gpu_idx], params=self.params) \
             if gpu_idx else []

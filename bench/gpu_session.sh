@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The H200 verification of docs/gpu-verification.md, in steps that each fit one device call:
+#   bash bench/gpu_session.sh STEP OUT_DIR
+# STEP: fleet (workers, digits and ResNet50 jobs on GPU FP32/FP16 vs CPU, GPU-decode checks),
+#       bench-photo / bench-small (trtbatch bench ResNet50 FP16 bs128, GPU decode on and off, Ray Data
+#       beside it), bench-fp32, kill (two workers on the one GPU, one SIGKILLed mid-job).
+# Before the first step: the onnxruntime-gpu bundle in /tmp/parts, wheels in /tmp/whl, the models
+# (ONNX forms made by `trtbatch convert` on a Paddle node: model.toml + model.onnx) in /tmp/m.
+set -uo pipefail
+step=${1:?step}
+out=${2:?out dir}
+mkdir -p "$out"
+[ -n "${TRTBATCH_REDIS_URL:-}" ] || source scripts/gpu_ort_env.sh /tmp/whl >"$out/env-$step.txt" 2>&1 \
+  || { cat "$out/env-$step.txt"; exit 1; }
+tb() { python3 -m cli "$@"; }
+log() { echo "== $(date +%T) $*"; }
+
+start_worker() {  # NAME DEVICE SLOTS [more worker args]
+  local name=$1 device=$2 slots=$3
+  shift 3
+  setsid python3 -m cli worker --device "$device" --slots "$slots" --name "$name" "$@" \
+    >"$out/worker-$name.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 120); do
+    tb workers --json 2>/dev/null | grep -q "\"$name\"" && return 0
+    kill -0 $pid 2>/dev/null || break
+    grep -q "exited with" "$out/worker-$name.log" && break
+    sleep 1
+  done
+  echo "worker $name did not start" >&2
+  tail -30 "$out/worker-$name.log" >&2
+  return 1
+}
+
+stop_workers() { pkill -TERM -f "[m] cli worker"; sleep 3; pkill -KILL -f "[m] cli worker"; sleep 1; }  # [m]: not this shell
+
+job_of() { python3 -c "import json,sys; print(json.load(sys.stdin)['job_id'])"; }
+
+submit_json() {  # OUT_NAME ARGS...: submit --wait --json, keep the JSON, print the job id
+  local name=$1
+  shift
+  tb submit --wait --json "$@" >"$out/$name.json" 2>"$out/$name.err"
+  job_of <"$out/$name.json"
+}
+
+models() {
+  if ! tb models list 2>/dev/null | grep -q '^resnet50 '; then
+    mkdir -p /tmp/m/resnet50
+    [ -f /tmp/m/resnet50/model.onnx ] || cat /tmp/m/r50.* >/tmp/m/resnet50/model.onnx
+    tb models add /tmp/m/resnet50 --name resnet50 --max-batch-size 256
+    tb models add /tmp/m/digits --name digits
+  fi
+}
+
+fleet() {
+  nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv >"$out/gpu.csv"
+  models
+  start_worker gpu0 gpu:0 4 || return 1
+  start_worker cpuref cpu 1 --threads 8 || return 1
+  tb workers --json >"$out/workers.json"
+  log convert
+  tb convert -m resnet50 --wait --json >"$out/convert-resnet50.json" 2>&1
+  tb convert -m digits --wait --json >"$out/convert-digits.json" 2>&1
+  local d=/tmp/m/digits-jpg/labels.csv
+  log digits
+  g32=$(submit_json digits-gpu-fp32 -m digits -e onnxruntime --backend gpu -p fp32 --raw-outputs "$d")
+  g16=$(submit_json digits-gpu-fp16 -m digits -e onnxruntime --backend gpu -p fp16 --raw-outputs "$d")
+  c32=$(submit_json digits-cpu-fp32 -m digits -e onnxruntime --backend cpu -p fp32 --raw-outputs "$d")
+  local cmp="$out/compare.jsonl"
+  python3 bench/compare_jobs.py "$g32" "$c32" --label "digits GPU FP32 vs CPU FP32 (ORT CPU EP)" --output "$cmp"
+  python3 bench/compare_jobs.py "$g16" "$c32" --label "digits GPU FP16 vs CPU FP32 (ORT CPU EP)" --output "$cmp"
+  python3 bench/compare_jobs.py "$g32" --reference-file /tmp/m/digits-ref-paddle-cpu.jsonl \
+    --label "digits GPU FP32 vs Paddle CPU FP32 (dev machine)" --output "$cmp"
+  python3 bench/compare_jobs.py "$g16" --reference-file /tmp/m/digits-ref-paddle-cpu.jsonl \
+    --label "digits GPU FP16 vs Paddle CPU FP32 (dev machine)" --output "$cmp"
+  log resnet50
+  python3 -c "from pathlib import Path; from bench.support import image_folder as f
+print(f(Path('/tmp/img'), 512, '500x375')); print(f(Path('/tmp/img'), 64, '1600x1200'))"
+  local photos=/tmp/img/jpeg-500x375-512
+  r32=$(submit_json r50-gpu-fp32 -m resnet50 -e onnxruntime --backend gpu -p fp32 -b 128 --raw-outputs $photos)
+  r16=$(submit_json r50-gpu-fp16 -m resnet50 -e onnxruntime --backend gpu -p fp16 -b 128 --raw-outputs $photos)
+  rc=$(submit_json r50-cpu-fp32 -m resnet50 -e onnxruntime --backend cpu -p fp32 -b 16 --raw-outputs $photos)
+  python3 bench/compare_jobs.py "$r32" "$rc" --label "ResNet50 GPU FP32 vs CPU FP32 (ORT CPU EP)" --output "$cmp"
+  python3 bench/compare_jobs.py "$r16" "$rc" --label "ResNet50 GPU FP16 vs CPU FP32 (ORT CPU EP)" --output "$cmp"
+  stop_workers
+  log gpu decode checks
+  local chk="$out/gpu-decode-check.jsonl"
+  python3 bench/gpu_decode_check.py --model digits --images /tmp/m/digits-jpg --output "$chk"
+  python3 bench/gpu_decode_check.py --model resnet50 --images $photos --output "$chk"
+  python3 bench/gpu_decode_check.py --model resnet50 --images /tmp/img/jpeg-1600x1200-64 --batch-size 64 \
+    --output "$chk"
+}
+
+bench() {  # IMAGE_SIZE GPU_DECODE PRECISION PEER [IMAGES]
+  models
+  tb bench -m resnet50 -e onnxruntime -p "$3" -b 128 -d gpu:0 --slots 4 --image-size "$1" --gpu-decode "$2" \
+    --peer "$4" -n "${5:-16384}" --naive-images 0 -o "$out/bench.jsonl" >"$out/bench-$1-$2-$3.log" 2>&1
+  tail -1 "$out/bench.jsonl"
+}
+
+kill_test() {
+  models
+  start_worker gpuA gpu:0 2 || return 1
+  start_worker gpuB gpu:0 2 || return 1
+  python3 bench/gpu_kill.py --images 20000 --kill gpuA --output "$out/kill.json"
+  stop_workers
+}
+
+case $step in
+  fleet) fleet ;;
+  bench-photo) bench 500x375 on fp16 ray; bench 500x375 off fp16 none ;;
+  bench-small) bench 256 on fp16 ray; bench 256 off fp16 none ;;
+  bench-fp32) bench 500x375 on fp32 none ;;
+  kill) kill_test ;;
+  *) echo "unknown step $step" >&2; exit 2 ;;
+esac
