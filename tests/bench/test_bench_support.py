@@ -38,7 +38,7 @@ def test_marginal_rate_takes_the_fixed_start_up_cost_out() -> None:
         return len(paths), 5.0 + len(paths) / 100
 
     out = _marginal_rate(run, [f"{i}.jpg" for i in range(1016)], batch_size=16)
-    assert calls == [16, 16, 1016]  # warm-up, short run, full run
+    assert calls == [16, 254, 1016]  # warm-up, a quarter, the whole run
     assert out["images_per_s"] == pytest.approx(100.0)
-    assert out["startup_s"] == pytest.approx(5.16)
+    assert out["short_run_images"] == 254 and out["short_run_s"] == pytest.approx(7.54)
     assert out["images_per_s_whole_run"] == pytest.approx(1016 / 15.16, rel=1e-3)
