@@ -252,3 +252,19 @@ def test_a_refusal_is_one_line_from_the_real_entry_point(env: dict[str, str], tm
     assert out.returncode == 2 and out.stdout == ""
     errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
     assert errors == [f"error: {REFUSED['two-inputs']}: export the model with only the image as input"]
+
+
+def test_models_show_marks_the_current_version(env: dict[str, str], redis_server: RedisServer, tmp_path: Path) -> None:
+    """Two published versions of one name: `models show` marks the newest, the one new jobs use."""
+    import redis
+
+    from common.artifacts import ArtifactStore
+
+    artifacts = ArtifactStore(redis.Redis.from_url(redis_server.url))
+    published = []
+    for i, softmax in enumerate((False, True)):  # two different programs: two versions
+        ok(env, "models", "add", str(layouts.jit_saved(tmp_path / str(i), softmax=softmax)), "--name", "ver",
+           *(["--force"] if i else []))
+        published.append(artifacts.publish_version("ver", Path(env["TRTBATCH_MODEL_REPO"]) / "ver"))
+    lines = [line for line in ok(env, "models", "show", "ver").splitlines() if line.startswith("version")]
+    assert lines == [f"version    {published[1]}  (current: new jobs use it)", f"version    {published[0]}"]
