@@ -22,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.support import emit_json_line
 from common.config import Settings
 from producer.client import Client
 
@@ -102,11 +103,7 @@ def main() -> None:
     result = {"comparison": args.label, "test_job": args.test_job,
               "test": f"{test_meta.engine} {test_meta.target} {test_meta.precision} ({test_meta.model})",
               "reference": args.reference_job or str(args.reference_file), **compare(test, ref)}
-    line = json.dumps(result, sort_keys=True)
-    print(line)
-    if args.output:
-        with args.output.open("a") as fh:
-            fh.write(line + "\n")
+    emit_json_line(result, args.output)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.support import emit_json_line
 from common import catalog
 from common.config import Settings
 from common.imaging import Preprocessor
@@ -154,11 +154,7 @@ def main() -> None:
     tally = Tally(_pixel_units(pre)[None, :, None, None], list(manifest.postprocess.labels), _labels(args.images))
     result = {"model": args.model, "folder": str(args.images), "batch_size": args.batch_size,
               **compare(files, pre, predictor, args.batch_size, args.device, tally)}
-    line = json.dumps(result, sort_keys=True)
-    print(line)
-    if args.output:
-        with args.output.open("a") as fh:
-            fh.write(line + "\n")
+    emit_json_line(result, args.output)
 
 
 if __name__ == "__main__":

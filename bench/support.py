@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -105,3 +107,14 @@ def rss_sampler(pid: int) -> PeakSampler:
     return PeakSampler(lambda: tree_rss(pid))
 
 
+
+
+def emit_json_line(result: dict[str, Any], output: str | Path | None = None) -> str:
+    """Print a benchmark's result as one JSON line, and append it to ``output`` if given."""
+    line = json.dumps(result, sort_keys=True)
+    print(line, flush=True)
+    if output:
+        with open(output, "a") as fh:
+            fh.write(line + "\n")
+    sys.stdout.flush()
+    return line

@@ -1,8 +1,9 @@
 """The ``trtbatch`` command line: a click group; each command lives in its own module.
 
-Errors trtbatch raises on purpose (and Redis connection failures) print one line and exit 2;
-there is no traceback for a user mistake. The engines' own chatter (Paddle's C++ glog lines, their
-Python warnings) is kept out of the output unless ``-v`` is given (``quiet_engines``).
+Errors trtbatch raises on purpose (and Redis connection failures) print one line and exit 2 (3 when
+``--wait --timeout`` passes: the job keeps running); there is no traceback for a user mistake. The
+engines' own chatter (Paddle's C++ glog lines, their Python warnings) is kept out of the output
+unless ``-v`` is given (``quiet_engines``).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except TrtbatchError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_ERROR)
+        sys.exit(getattr(exc, "exit_code", EXIT_ERROR))
     except redis.RedisError as exc:
         click.echo(f"error: Redis: {exc}", err=True)
         sys.exit(EXIT_ERROR)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
-
 import click
 
 from cli.util import Context, pass_ctx
@@ -47,7 +44,7 @@ def bench(ctx: Context, model: str, precision: str, batch_size: int, device: str
           engine: str, gpu_decode: str, peer: str, bare_seconds: float, output: str | None) -> None:
     """Measure bare predictor, end-to-end and naive-baseline images/s in one run; print one JSON line."""
     from bench.env import BenchOptions
-    from bench.support import parse_sizes
+    from bench.support import emit_json_line, parse_sizes
     from bench.throughput import run
 
     if image_size != "auto":
@@ -60,12 +57,7 @@ def bench(ctx: Context, model: str, precision: str, batch_size: int, device: str
                         decode_threads=decode_threads, slots=slots, overlap_decode=overlap_decode, images=images,
                         naive_images=naive_images, image_size=image_size, bare_seconds=bare_seconds, engine=engine,
                         gpu_decode=gpu_decode, peer=peer)
-    line = json.dumps(run(opts, ctx.settings), sort_keys=True)
-    click.echo(line)
-    if output:
-        with open(output, "a") as fh:
-            fh.write(line + "\n")
-    sys.stdout.flush()
+    emit_json_line(run(opts, ctx.settings), output)
 
 
 @click.command("bench-precision")
@@ -88,15 +80,12 @@ def bench_precision(ctx: Context, models: tuple[str, ...], precisions: tuple[str
     """FP32 vs INT8 vs bf16 on CPU (bare and end to end) plus digits accuracy; one JSON line."""
     from bench.env import BenchOptions
     from bench.precision import run
+    from bench.support import emit_json_line
     from workers.engines.probe import cpu_bf16
 
     chosen = list(precisions) or (["fp32", "int8", "bf16"] if cpu_bf16() else ["fp32", "int8"])
     opts = BenchOptions(batch_size=batch_size, threads=threads, images=images, bare_seconds=bare_seconds)
-    line = json.dumps(run(list(models), chosen, opts, ctx.settings), sort_keys=True)
-    click.echo(line)
-    if output:
-        with open(output, "a") as fh:
-            fh.write(line + "\n")
+    emit_json_line(run(list(models), chosen, opts, ctx.settings), output)
 
 
 @click.command("bench-load")
@@ -110,12 +99,9 @@ def bench_load(ctx: Context, sizes: tuple[int, ...], threads: int, output: str |
     """Small-image jobs of several sizes: wall time and peak memory of producer, worker, Redis."""
     from bench.env import BenchOptions
     from bench.load import run
+    from bench.support import emit_json_line
 
-    line = json.dumps(run(sorted(sizes), BenchOptions(threads=threads), ctx.settings), sort_keys=True)
-    click.echo(line)
-    if output:
-        with open(output, "a") as fh:
-            fh.write(line + "\n")
+    emit_json_line(run(sorted(sizes), BenchOptions(threads=threads), ctx.settings), output)
 
 
 def register(group: click.Group) -> None:

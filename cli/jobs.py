@@ -29,12 +29,16 @@ def status(ctx: Context, job_id: str, as_json: bool) -> None:
                f"{st['precision']} on engine {st['engine']}, backend {st['target']}\n"
                f"images     {total}: {st['done']} ok, {st['failed']} failed{cancelled}, {st['pending']} pending")
     if st.get("elapsed_s") is not None:
-        click.echo(f"elapsed    {st['elapsed_s']:.1f}s ({st.get('images_per_s', 0):.1f} img/s)")
+        rate = f" ({st['images_per_s']:.1f} img/s)" if st.get("images_per_s") is not None else ""
+        click.echo(f"elapsed    {st['elapsed_s']:.1f}s{rate}")
     _optional_lines(st)
 
 
 def _optional_lines(st: dict[str, Any]) -> None:
     lines = [("error      {}", st.get("error")), ("dead       {} batch(es) dead-lettered", st.get("batches_dead"))]
+    not_ok, counted = st["failed"] + st["cancelled"], st.get("error_reasons_counted", 0)
+    if counted and counted < not_ok:  # a sample: say so, or "200 x" reads as the total
+        lines.append(("reasons    {}", f"among a sample of {counted} of the {not_ok} failed/cancelled images:"))
     lines += [(f"  {count} x {{}}", reason) for reason, count in st["error_reasons"].items()]
     lines += [("{}", st.get("accuracy") and format_accuracy(st["accuracy"])),
               ("served by  {}", ", ".join(st.get("served_by") or [])), ("warning    {}", st.get("unservable"))]

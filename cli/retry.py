@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from cli.util import Context, Poller, Progress, echo_json, pass_ctx
+from cli.util import Context, Poller, Progress, echo_json, pass_ctx, warn_unservable
 from producer import jobs as jobs_lib
 from producer import retry as retry_lib
 
@@ -39,9 +39,12 @@ def retry(ctx: Context, job_id: str, wait: bool, timeout: float | None, as_json:
     if version != source_version and not as_json:
         click.echo(f"note: {plan.source.model} changed since {job_id} ran ({source_version} -> {version}); "
                    f"the retry runs {version}", err=True)
-    out = {"job_id": new_id, "retry_of": job_id, "version_id": version,
+    status = jobs_lib.status(client, new_id)
+    out = {"job_id": new_id, "retry_of": job_id, "version_id": version, "unservable": status.get("unservable"),
            "retried": {"images": plan.images, "failed": plan.failed, "cancelled": plan.cancelled,
                        "not_found": plan.n_missing, "no_path": plan.no_path}}
+    if not as_json:  # a retry of a job nobody could serve usually cannot be served either: say so now
+        warn_unservable(status, ctx.settings.unservable_grace_s)
     if not wait:
         echo_json(out) if as_json else click.echo(new_id)
         return

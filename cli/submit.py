@@ -8,7 +8,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from cli.util import Context, Poller, Progress, echo_json, pass_ctx
+from cli.util import Context, Poller, Progress, echo_json, pass_ctx, warn_unservable
 from common.routing import ENGINE_TARGETS, PRECISIONS, TARGETS
 from producer import jobs as jobs_lib
 from producer import submit as submit_lib
@@ -96,10 +96,10 @@ def _run(ctx: Context, job_id: str, send: Any, progress: Progress, wait: bool, t
             echo_json({"job_id": job_id, "state": status["state"], "unservable": status.get("unservable")})
         else:
             click.echo(job_id)
-            _warn_unservable(status, ctx.settings.unservable_grace_s)
+            warn_unservable(status, ctx.settings.unservable_grace_s)
         return
     if not as_json:
-        _warn_unservable(status, ctx.settings.unservable_grace_s)
+        warn_unservable(status, ctx.settings.unservable_grace_s)
     final = jobs_lib.wait(ctx.client, job_id, on_progress=progress, timeout_s=timeout)
     progress.done()
     _report(ctx, job_id, final, as_json)
@@ -109,10 +109,6 @@ def _warn(message: str) -> None:
     click.echo(f"warning: {message}", err=True)
 
 
-def _warn_unservable(status: dict[str, Any], grace_s: float) -> None:
-    if status.get("unservable"):
-        _warn(f"{status['unservable']} Its images fail if none comes within {grace_s:g} s "
-              "(setting unservable_grace_s).")
 
 
 def _report(ctx: Context, job_id: str, final: Any, as_json: bool) -> None:

@@ -40,6 +40,13 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str, ensure_ascii=False))
 
 
+def warn_unservable(status: dict[str, Any], grace_s: float) -> None:
+    """The up-front warning of a job that no live worker can serve (``submit``, ``retry``)."""
+    if status.get("unservable"):
+        click.echo(f"warning: {status['unservable']} Its images fail if none comes within {grace_s:g} s "
+                   "(setting unservable_grace_s).", err=True)
+
+
 def eta_s(st: JobStatus, elapsed_s: float) -> float | None:
     """Seconds left at the rate so far; None while nothing has finished or more is still being sent."""
     if not st.finished or not st.submit_complete or elapsed_s <= 0:
@@ -74,7 +81,9 @@ class Progress:
     def __init__(self, enabled: bool = True, stream: TextIO | None = None) -> None:
         self.enabled = enabled
         self.stream = stream or sys.stderr
-        self._started = time.monotonic()
+        # the job's own start (its record's created_s), not this object's: `demo` trains a model and
+        # starts a worker in between, which made its rate and elapsed time count the training
+        self._started: float | None = None  # time.time() seconds
         self._last = 0.0
         self._bar: Any = None
         self._lock = threading.Lock()
@@ -83,17 +92,30 @@ class Progress:
         if not self.enabled:
             return
         with self._lock:
+            if self._started is None:
+                self._started = st.job.created_s or time.time()
             if click._compat.isatty(self.stream):
                 self._draw(st)
             elif time.monotonic() - self._last >= 5 or st.terminal:
                 self._last = time.monotonic()
-                click.echo(progress_line(st, time.monotonic() - self._started), file=self.stream)
+                click.echo(progress_line(st, self.elapsed_s), file=self.stream)
+
+    @property
+    def elapsed_s(self) -> float:
+        return max(0.0, time.time() - self._started) if self._started is not None else 0.0
+
+    def _describe(self, st: JobStatus | None) -> str:
+        """The text after click's bar: state, failures, rate and elapsed time (click adds the ETA)."""
+        if st is None:
+            return ""
+        rate = st.finished / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        return f"{_counts(st)}, {rate:.1f} img/s, elapsed {_clock(self.elapsed_s)}"
 
     def _draw(self, st: JobStatus) -> None:
         if self._bar is None:
             self._bar = click.progressbar(length=max(st.n_images, 1), label=st.job_id, show_eta=True,
                                           show_pos=True, file=self.stream, width=30,
-                                          item_show_func=_counts)
+                                          item_show_func=self._describe)
             self._bar.__enter__()
         self._bar.length = max(st.n_images, st.finished, 1)
         self._bar.finished = st.terminal  # the length grows while the producer still sends
@@ -107,9 +129,7 @@ class Progress:
             self.enabled = False
 
 
-def _counts(st: JobStatus | None) -> str:
-    if st is None:
-        return ""
+def _counts(st: JobStatus) -> str:
     parts = [st.state] + ([f"{st.failed} failed"] if st.failed else []) + (
         [f"{st.cancelled} cancelled"] if st.cancelled else []) + ([] if st.submit_complete else ["still sending"])
     return ", ".join(parts)

@@ -105,6 +105,14 @@ class JobError(PermanentError):
     code = "job"
 
 
+class WaitTimeoutError(JobError):
+    """``--wait --timeout`` passed before the job ended; the job itself goes on. Exit 3 in the CLI,
+    so a script tells it from a refusal (2) and from failed images (1)."""
+
+    code = "wait_timeout"
+    exit_code = 3
+
+
 class PayloadMissingError(PermanentError):
     """A batch's claim-check payload is gone (expired TTL, or the job was purged)."""
 

@@ -154,7 +154,12 @@ class JobStatus:
         created, end = self.job.created_s, self.job.finished_s or time.time()
         if created:
             out["elapsed_s"] = round(end - created, 3)
-            out["images_per_s"] = round(self.finished / max(end - created, 1e-9), 2)
+            # images the fleet ran (failed ones too), none while none succeeded: a cancelled or an
+            # unservable job's records were written without running anything, not at a rate
+            ran = self.done + self.failed
+            out["images_per_s"] = round(ran / max(end - created, 1e-9), 2) if self.done else None
+        # how many not-ok records error_reasons counted: a sample on big jobs (status(reasons=N))
+        out["error_reasons_counted"] = sum(self.error_reasons.values())
         return out
 
 

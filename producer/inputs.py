@@ -85,10 +85,16 @@ def check_inputs(specs: Iterable[str]) -> list[str]:
         if not _holds_images(spec):
             empty.append(spec)
     if len(empty) == len(specs):
-        what = "these inputs" if len(specs) > 1 else display_path(specs[0])
-        raise InputError(f"no images in {what}: a folder needs files with an image extension "
-                         f"({', '.join(sorted(IMAGE_EXTENSIONS)[:6])}, ...), a manifest at least one row")
-    return [f"{display_path(spec)} holds no images" for spec in empty]
+        raise InputError("no images in " + "; ".join(f"{display_path(spec)} ({_why_empty(spec)})" for spec in specs))
+    return [f"{display_path(spec)} holds no images ({_why_empty(spec)})" for spec in empty]
+
+
+def _why_empty(spec: str) -> str:
+    if Path(spec).suffix.lower() in MANIFEST_EXTENSIONS and os.path.isfile(spec):
+        return "the manifest has no rows, only a header" if os.path.getsize(spec) else "an empty manifest"
+    if os.path.isdir(spec):
+        return "no file with an image extension (.jpg, .jpeg, .png, .bmp, .webp, .tif, ...) in it or below"
+    return "not an image file by its extension, nor a .csv/.jsonl manifest"
 
 
 def _holds_images(spec: str) -> bool:

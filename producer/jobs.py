@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from common import closeout, fleet, keys
-from common.errors import JobError
+from common.errors import WaitTimeoutError
 from common.schemas import TERMINAL_STATES
 from common.store import JobStatus
 from producer.client import Client
@@ -39,7 +39,7 @@ def status(client: Client, job_id: str) -> dict[str, Any]:
 
 def wait(client: Client, job_id: str, on_progress: Callable[[JobStatus], None] | None = None,
          poll_s: float = 0.5, timeout_s: float | None = None) -> JobStatus:
-    """Poll until the job ends (``timeout_s``: JobError when it passes). Without a timeout it still
+    """Poll until the job ends (``timeout_s``: WaitTimeoutError when it passes). Without a timeout it still
     ends: a job that no live worker serves fails after ``unservable_grace_s`` (checked as it polls)."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     checked = time.monotonic()
@@ -50,8 +50,10 @@ def wait(client: Client, job_id: str, on_progress: Callable[[JobStatus], None] |
         if st.terminal:
             return client.store.status(job_id)
         if deadline is not None and time.monotonic() > deadline:
-            raise JobError(f"job {job_id} not finished after {timeout_s}s "
-                           f"({st.finished}/{st.n_images} images)")
+            raise WaitTimeoutError(f"job {job_id} is still {st.state} after {timeout_s:g}s "
+                                   f"({st.finished}/{st.n_images} images) and keeps running: "
+                                   f"`trtbatch status {job_id}`, `trtbatch submit --resume {job_id} --wait` "
+                                   f"to wait again, `trtbatch cancel {job_id}` to stop it")
         if time.monotonic() - checked >= SERVABLE_CHECK_S:
             checked = time.monotonic()
             closeout.check_servable(client.store, client.live_workers(), st.job, client.settings.unservable_grace_s)

@@ -42,6 +42,7 @@ def test_terminal_gets_clicks_bar_and_done_ends_its_line() -> None:
     text = out.getvalue()
     assert "job-1" in text and "[###############---------------]" in text and "52/100" in text
     assert "2 failed" in text and text.endswith("\n")  # what is printed next starts on its own line
+    assert "img/s, elapsed 00:00" in text
     progress(status(60, 100))  # after done(): nothing more is drawn
     assert out.getvalue() == text
 

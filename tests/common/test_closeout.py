@@ -54,6 +54,15 @@ def test_cancel_finishes_the_job_at_once_with_cancelled_records(store: JobStore)
     served(store, 1, range(3, 6))  # a worker that was mid-batch: its late write changes nothing
     assert store.status("j").cancelled == 4 and store.status("j").done == 3
     assert store.conn.hgetall(keys.job_accuracy("j")) == {}  # cancelled images are not judged
+    d = store.status("j", reasons=2).as_dict()
+    assert d["images_per_s"] is not None and d["error_reasons_counted"] == 2  # a sample of the 4 cancelled
+
+
+def test_a_job_cancelled_before_any_image_ran_has_no_rate(store: JobStore) -> None:
+    sent_job(store)
+    closeout.cancel(store, "j")
+    d = store.status("j").as_dict()
+    assert d["cancelled"] == 7 and d["images_per_s"] is None and d["error_reasons_counted"] == 7
 
 
 def test_cancel_during_submission_then_the_producer_closes_out_what_it_sent_since(store: JobStore) -> None:

@@ -67,17 +67,29 @@ def test_cancel_ends_an_unserved_job_at_once(env, images) -> None:
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.strip()
     assert "warning: no live worker can serve queue" in out.stderr
+    out = trtbatch(env, "submit", "--resume", job_id, "--wait", "--timeout", "1")
+    assert out.returncode == 3, out.stderr  # the wait gave up; the job goes on, and the message says how
+    assert f"job {job_id} is still queued after 1s (0/6 images) and keeps running" in out.stderr
+    assert f"trtbatch cancel {job_id}" in out.stderr
+    status = json.loads(trtbatch(env, "status", job_id, "--json").stdout)
+    assert status["images_per_s"] is None and status["state"] == "queued"
     out = trtbatch(env, "cancel", job_id)
     assert out.stdout.strip() == f"{job_id}: cancelled (0 ok, 0 failed, 6 cancelled)"
     status = json.loads(trtbatch(env, "status", job_id, "--json").stdout)
     assert (status["state"], status["cancelled"], status["failed"], status["pending"]) == ("cancelled", 6, 0, 0)
+    assert status["images_per_s"] is None  # nothing ran: no rate
+    text = trtbatch(env, "status", job_id).stdout
+    assert "img/s" not in text and "6 x job cancelled" in text
+    out = trtbatch(env, "retry", job_id)  # the retry cannot be served either, and says so at once
+    assert out.returncode == 0 and "warning: no live worker can serve queue" in out.stderr, out.stderr
+    trtbatch(env, "cancel", out.stdout.strip())
     out = trtbatch(env, "submit", "--resume", job_id, "--wait", timeout=30)  # ends at once too
     assert out.returncode == 1 and f"{job_id}: cancelled, 0 ok, 0 failed, 6 cancelled" in out.stdout
 
 
 @pytest.mark.parametrize("content, expected", [
     ("file,label\na.png,1\n", "a CSV manifest needs a 'path' column"),
-    ("path,label\n", "no images in"),
+    ("path,label\n", "the manifest has no rows, only a header"),
 ])
 def test_a_refused_manifest_leaves_no_job(env, tmp_path, content, expected) -> None:
     before = job_ids(env)
@@ -98,7 +110,7 @@ def test_a_bad_row_deep_in_a_manifest_is_refused_before_the_job(env, images, tmp
 def test_empty_inputs_are_an_error_and_an_empty_folder_among_others_a_warning(env, images, tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     out = trtbatch(env, "submit", "-m", "digits", str(tmp_path / "empty"))
-    assert out.returncode == 2 and f"no images in {tmp_path / 'empty'}" in out.stderr
+    assert out.returncode == 2 and f"no images in {tmp_path / 'empty'} (no file with an image extension" in out.stderr
     out = trtbatch(env, "submit", "-m", "digits", "--wait", str(tmp_path / "empty"), str(images))
     assert out.returncode == 0, out.stderr
     assert f"warning: {tmp_path / 'empty'} holds no images" in out.stderr
