@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from cli.submit import format_accuracy
-from cli.util import Context, echo_json, pass_ctx
+from cli.util import Context, echo_json, pass_ctx, reason_lines
 from common import closeout
 from producer import jobs as jobs_lib
 
@@ -36,10 +36,7 @@ def status(ctx: Context, job_id: str, as_json: bool) -> None:
 
 def _optional_lines(st: dict[str, Any]) -> None:
     lines = [("error      {}", st.get("error")), ("dead       {} batch(es) dead-lettered", st.get("batches_dead"))]
-    not_ok, counted = st["failed"] + st["cancelled"], st.get("error_reasons_counted", 0)
-    if counted and counted < not_ok:  # a sample: say so, or "200 x" reads as the total
-        lines.append(("reasons    {}", f"among a sample of {counted} of the {not_ok} failed/cancelled images:"))
-    lines += [(f"  {count} x {{}}", reason) for reason, count in st["error_reasons"].items()]
+    lines += [("{}", line) for line in reason_lines(st["error_reasons"], st["failed"] + st["cancelled"])]
     lines += [("{}", st.get("accuracy") and format_accuracy(st["accuracy"])),
               ("served by  {}", ", ".join(st.get("served_by") or [])), ("warning    {}", st.get("unservable"))]
     for template, value in lines:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from cli.util import Context, Poller, Progress, echo_json, pass_ctx, warn_unservable
+from cli.util import Context, Poller, Progress, echo_json, pass_ctx, reason_lines, warn_unservable
 from producer import jobs as jobs_lib
 from producer import retry as retry_lib
 
@@ -82,8 +82,8 @@ def _report(out: dict[str, Any], final: Any, as_json: bool) -> None:
     else:
         cancelled = f", {final.cancelled} cancelled" if final.cancelled else ""
         click.echo(f"{out['job_id']}: {final.state}, {final.done} ok, {final.failed} failed{cancelled}")
-        for reason, count in list(final.error_reasons.items())[:5]:
-            click.echo(f"  {count} x {reason}", err=True)
+        for line in reason_lines(final.error_reasons, final.failed + final.cancelled, limit=5):
+            click.echo(line, err=True)
     if final.failed or final.cancelled or final.state != "done":
         sys.exit(1)
 

@@ -8,7 +8,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from cli.util import Context, Poller, Progress, echo_json, pass_ctx, warn_unservable
+from cli.util import Context, Poller, Progress, echo_json, pass_ctx, reason_lines, warn_unservable
 from common.routing import ENGINE_TARGETS, PRECISIONS, TARGETS
 from producer import jobs as jobs_lib
 from producer import submit as submit_lib
@@ -118,8 +118,8 @@ def _report(ctx: Context, job_id: str, final: Any, as_json: bool) -> None:
     else:
         cancelled = f", {final.cancelled} cancelled" if final.cancelled else ""
         click.echo(f"{job_id}: {final.state}, {final.done} ok, {final.failed} failed{cancelled}")
-        for reason, count in list(final.error_reasons.items())[:5]:
-            click.echo(f"  {count} x {reason}", err=True)
+        for line in reason_lines(final.error_reasons, final.failed + final.cancelled, limit=5):
+            click.echo(line, err=True)
         if acc:
             click.echo(format_accuracy(acc))
     if final.failed or final.state != "done":

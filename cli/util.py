@@ -47,6 +47,15 @@ def warn_unservable(status: dict[str, Any], grace_s: float) -> None:
                    "(setting unservable_grace_s).", err=True)
 
 
+def reason_lines(error_reasons: dict[str, int], not_ok: int, limit: int | None = None) -> list[str]:
+    """``N x reason`` lines, most common first; headed as a sample when the counts do not cover all
+    ``not_ok`` images (status reads at most a few hundred failed records)."""
+    counted = sum(error_reasons.values())
+    head = [f"reasons among a sample of {counted} of the {not_ok} failed/cancelled images:"] \
+        if counted and counted < not_ok else []
+    return head + [f"  {count} x {reason}" for reason, count in list(error_reasons.items())[:limit]]
+
+
 def eta_s(st: JobStatus, elapsed_s: float) -> float | None:
     """Seconds left at the rate so far; None while nothing has finished or more is still being sent."""
     if not st.finished or not st.submit_complete or elapsed_s <= 0:

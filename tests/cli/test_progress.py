@@ -55,3 +55,11 @@ def test_log_stream_gets_a_line_at_most_every_five_seconds_and_the_last_one() ->
     progress(status(100, 100, state="done"))
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and lines[-1].startswith("job-1 done: 100/100 images")
+
+
+def test_failure_reasons_say_when_they_are_a_sample() -> None:
+    from cli.util import reason_lines
+
+    assert reason_lines({"job cancelled": 200}, 540) == [
+        "reasons among a sample of 200 of the 540 failed/cancelled images:", "  200 x job cancelled"]
+    assert reason_lines({"a": 2, "b": 1}, 3, limit=1) == ["  2 x a"]  # all counted: no heading
