@@ -16,12 +16,15 @@ from producer import retry as retry_lib
 @click.command()
 @click.argument("job_id")
 @click.option("-w", "--wait", is_flag=True, help="Wait with a progress bar; exit 1 if any image failed again.")
-@click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="With --wait: give up after this many seconds (exit 3; the job keeps running).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
 def retry(ctx: Context, job_id: str, wait: bool, timeout: float | None, as_json: bool) -> None:
     """Resubmit JOB's failed and cancelled images as a new job with JOB's model, precision, backend, engine,
     batch size, top-k and raw-outputs setting (and the images' labels); prints the new job id."""
+    if timeout is not None and not wait:
+        raise click.UsageError("--timeout goes with --wait")
     client = ctx.client
     plan = retry_lib.prepare(client, job_id)
     if not plan.images:

@@ -76,7 +76,7 @@ def progress_line(st: JobStatus, elapsed_s: float) -> str:
     more = "" if st.submit_complete else "+"
     failed = f", {st.failed} failed" if st.failed else ""
     cancelled = f", {st.cancelled} cancelled" if st.cancelled else ""
-    rate = st.finished / elapsed_s if elapsed_s > 0 else 0.0
+    rate = (st.done + st.failed) / elapsed_s if elapsed_s > 0 else 0.0  # cancelled records were not run
     return (f"{st.job_id} {st.state}: {st.finished}/{st.n_images}{more} images{failed}{cancelled}, "
             f"{rate:.1f} img/s, elapsed {_clock(elapsed_s)}, ETA {_clock(eta_s(st, elapsed_s))}")
 
@@ -114,15 +114,19 @@ class Progress:
         return max(0.0, time.time() - self._started) if self._started is not None else 0.0
 
     def _describe(self, st: JobStatus | None) -> str:
-        """The text after click's bar: state, failures, rate and elapsed time (click adds the ETA)."""
+        """The text after click's bar: state, failures, rate, elapsed time and ETA."""
         if st is None:
             return ""
-        rate = st.finished / self.elapsed_s if self.elapsed_s > 0 else 0.0
-        return f"{_counts(st)}, {rate:.1f} img/s, elapsed {_clock(self.elapsed_s)}"
+        ran = st.done + st.failed  # cancelled records were written, not run
+        rate = ran / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        eta = "" if st.terminal else f", ETA {_clock(eta_s(st, self.elapsed_s))}"
+        return f"{_counts(st)}, {rate:.1f} img/s, elapsed {_clock(self.elapsed_s)}{eta}"
 
     def _draw(self, st: JobStatus) -> None:
         if self._bar is None:
-            self._bar = click.progressbar(length=max(st.n_images, 1), label=st.job_id, show_eta=True,
+            # our own ETA (eta_s, from the job's start) instead of click's, which counts from the
+            # bar's creation: a resumed wait on a job 90 % done would show an ETA near 0 at once
+            self._bar = click.progressbar(length=max(st.n_images, 1), label=st.job_id, show_eta=False,
                                           show_pos=True, file=self.stream, width=30,
                                           item_show_func=self._describe)
             self._bar.__enter__()

@@ -21,6 +21,8 @@ from common.schemas import BatchPayload, JobRecord, PayloadItem, ResultRecord
 from common.store import JobStore
 
 BATCHES_PER_ROUND_TRIP = 8
+#: batches a worker's sweep closes out per job and tick (8 round trips: well under a second)
+SWEEP_BATCHES = 64
 
 # KEYS: job ; ARGV: state, now, error. Ends an active job; returns 1 if this call ended it.
 _END_LUA = """
@@ -43,21 +45,35 @@ def cancel(store: JobStore, job_id: str) -> str:
     return store.record(job_id).state
 
 
-def end(store: JobStore, job_id: str, state: str, error: TrtbatchError) -> int:
+def end(store: JobStore, job_id: str, state: str, error: TrtbatchError, max_batches: int | None = None) -> int:
     """End an active job as ``state`` and close out what it sent; returns the records written. Safe to
     repeat: a job already ended only gets the close-out (for batches sent since, e.g. by a producer
-    that had a round trip in flight)."""
+    that had a round trip in flight). The state flips first, so workers and the producer stop at
+    once; a close-out cut short (Ctrl-C, ``max_batches``) is finished by ``finish_pending``."""
     reason = "" if isinstance(error, JobCancelledError) else str(error)
     store.conn.eval(_END_LUA, 1, keys.job(job_id), state, time.time(), reason)
-    return close_out(store, job_id, error)
+    return close_out(store, job_id, error, max_batches)
 
 
-def close_out(store: JobStore, job_id: str, error: TrtbatchError) -> int:
-    """Write ``error``'s record for every sent image that has none; returns how many were written."""
+def finish_pending(store: JobStore, job: JobRecord, max_batches: int | None = None) -> int:
+    """Finish the close-out of a job that ``end`` ended (cancelled, or failed as unservable) while
+    images it sent still have no record; returns the records written (0 for any other job)."""
+    sent = job.n_images if job.submit_complete else job.n_enqueued
+    if job.kind != "inference" or job.state not in ("cancelled", "failed") or \
+            job.done + job.failed + job.cancelled >= sent:
+        return 0
+    error = JobCancelledError("job cancelled") if job.state == "cancelled" else \
+        UnservableError(job.error or "the job was ended before its images were served")
+    return close_out(store, job.job_id, error, max_batches)
+
+
+def close_out(store: JobStore, job_id: str, error: TrtbatchError, max_batches: int | None = None) -> int:
+    """Write ``error``'s record for every sent image that has none (in the first ``max_batches``
+    unwritten batches, if given); returns how many were written."""
     job = store.record(job_id)
     n_batches, n_images = _sent(store, job)
     written = {int(b) for b in store.conn.hkeys(keys.job_batches(job_id))}
-    todo = [b for b in range(n_batches) if b not in written]
+    todo = [b for b in range(n_batches) if b not in written][:max_batches]
     state = f"failed:{error.code}"
     total = 0
     for start in range(0, len(todo), BATCHES_PER_ROUND_TRIP):
@@ -99,13 +115,16 @@ def _record(job: JobRecord, batch_no: int, item: PayloadItem, error: TrtbatchErr
 
 
 def check_servable(store: JobStore, workers: list[fleet.WorkerInfo], job: JobRecord, grace_s: float,
-                   now: float | None = None) -> str | None:
+                   now: float | None = None, max_batches: int | None = None) -> str | None:
     """Apply the unservable rule to one job; returns why no live worker serves it now (None if one does).
 
     The first check that finds nobody notes the time in the job; one that finds nobody ``grace_s``
     later fails the job's images with the reason; one that finds a server clears the note.
     """
-    if job.terminal or job.kind != "inference":
+    if job.terminal:
+        finish_pending(store, job, max_batches)
+        return None
+    if job.kind != "inference":
         return None
     now = time.time() if now is None else now
     reason = fleet.unservable_reason(workers, job.queue)
@@ -119,22 +138,40 @@ def check_servable(store: JobStore, workers: list[fleet.WorkerInfo], job: JobRec
     elif now - job.unservable_since >= grace_s:
         waited = now - job.unservable_since
         end(store, job.job_id, "failed", UnservableError(
-            f"{reason} (nobody served it for {waited:.0f} s; unservable_grace_s = {grace_s:g})"))
+            f"{reason} (nobody served it for {waited:.0f} s; unservable_grace_s = {grace_s:g})"), max_batches)
     return reason
 
 
+_COUNTS = ("done", "failed", "cancelled", "n_images", "n_enqueued", "submit_complete")
+
+
+def _sweepable(row: list[bytes | None]) -> bool:
+    """An active inference job, or one ended with images still unrecorded (from an HMGET of
+    state, kind and ``_COUNTS``)."""
+    state, kind = row[0], row[1]
+    if kind not in (None, b"inference"):
+        return False
+    if state in (b"submitting", b"queued", b"running"):
+        return True
+    done, failed, cancelled, n_images, n_enqueued = (int(x or 0) for x in row[2:7])
+    sent = n_images if row[7] == b"1" else n_enqueued
+    return state in (b"cancelled", b"failed") and done + failed + cancelled < sent
+
+
 def sweep_unservable(store: JobStore, workers: list[fleet.WorkerInfo], grace_s: float, recent: int = 1000,
-                     now: float | None = None) -> list[str]:
-    """Apply the unservable rule to the ``recent`` newest active inference jobs (a worker's periodic
-    sweep: jobs end even when nobody looks at them); returns the ids of jobs nobody serves now."""
+                     now: float | None = None, max_batches: int | None = SWEEP_BATCHES) -> list[str]:
+    """Apply the unservable rule to the ``recent`` newest active inference jobs, and go on with ended
+    jobs' unfinished close-outs (a worker's periodic sweep: jobs end even when nobody looks at them).
+    At most ``max_batches`` batches are closed out per job and call, so the sweep, which runs in a
+    worker's consumer loop (leases, message intake), stays short; the next sweep goes on. Returns
+    the ids of jobs nobody serves now."""
     ids = [i.decode() for i in store.conn.zrevrange(keys.JOBS, 0, recent - 1)]
     pipe = store.conn.pipeline(transaction=False)
     for job_id in ids:
-        pipe.hmget(keys.job(job_id), "state", "kind")
-    active = [job_id for job_id, (state, kind) in zip(ids, pipe.execute(), strict=True)
-              if state in (b"submitting", b"queued", b"running") and kind in (None, b"inference")]
+        pipe.hmget(keys.job(job_id), "state", "kind", *_COUNTS)
+    candidates = [job_id for job_id, row in zip(ids, pipe.execute(), strict=True) if _sweepable(row)]
     stuck = []
-    for job_id in active:
-        if check_servable(store, workers, store.record(job_id), grace_s, now):
+    for job_id in candidates:
+        if check_servable(store, workers, store.record(job_id), grace_s, now, max_batches):
             stuck.append(job_id)
     return stuck

@@ -303,6 +303,16 @@ class JobStore:
             self.conn.zrem(keys.JOBS, *stale)
         return out
 
+    def mark_task_queued(self, job_id: str, **changes: Any) -> str:
+        """A calibration or conversion job's upload is complete: set ``changes`` and move it from
+        ``submitting`` to ``queued`` (never past a cancel that came meanwhile); returns its state.
+        Not ``mark_submitted``, whose counters would finish a job of few or no images at once."""
+        self.set_fields(job_id, submit_complete=True, **changes)
+        script = ("if redis.call('HGET', KEYS[1], 'state') == 'submitting' then "
+                  "redis.call('HSET', KEYS[1], 'state', 'queued') end return redis.call('HGET', KEYS[1], 'state')")
+        state = self.conn.eval(script, 1, keys.job(job_id))
+        return state.decode() if isinstance(state, bytes) else str(state)
+
     def set_fields(self, job_id: str, **changes: Any) -> None:
         """Update fields of a job (calibration jobs report their progress and result this way)."""
         unknown = set(changes) - _RECORD_FIELDS

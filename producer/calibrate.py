@@ -135,11 +135,8 @@ def calibrate(client: Client, opts: CalibrateOptions, job_id: str | None = None)
     limit = opts.samples or RECOMMENDED_IMAGES[opts.method]
     calib_keys, n = _upload(client, job_id, False, opts.images, limit, batch)
     eval_keys, n_eval = _upload(client, job_id, True, opts.eval_paths, 0, batch) if opts.eval_paths else ([], 0)
-    # Not mark_submitted: its counter script finishes a job once done + failed >= n_images, which a
-    # calibration job (finished by its worker, with a result) must never be - with 0 images it would be
-    # "done" at once, with no result version (producer/convert.py does the same).
-    client.store.set_fields(job_id, eval_images=n_eval, n_images=n, n_batches=len(calib_keys), state="queued",
-                            submit_complete=True)
+    if client.store.mark_task_queued(job_id, eval_images=n_eval, n_images=n, n_batches=len(calib_keys)) != "queued":
+        return job_id  # cancelled during the upload: no task
     task = CalibTask(job_id=job_id, version_id=vid, model=opts.model, method=opts.method, algo=opts.algo,
                      payload_keys=tuple(calib_keys), eval_payload_keys=tuple(eval_keys), batch_size=batch,
                      samples=limit, drop_threshold_pt=opts.threshold_pt, engine=opts.engine)  # type: ignore[arg-type]

@@ -51,8 +51,8 @@ def convert(client: Client, opts: ConvertOptions, job_id: str | None = None) -> 
     client.store.create_job(JobRecord(job_id=job_id, kind="conversion", model=opts.model, version_id=vid,
                                       queue=queue, engine="onnxruntime"))
     payload_keys = _upload_check_images(client, job_id, opts.check_images)
-    # not mark_submitted: a job of no images would count as finished at once
-    client.store.set_fields(job_id, state="queued", submit_complete=True, n_images=0)
+    if client.store.mark_task_queued(job_id, n_images=0) != "queued":
+        return job_id  # cancelled during the upload: no task
     task = ConvertTask(job_id=job_id, version_id=vid, model=opts.model, fp16=opts.fp16,
                        check_payload_keys=tuple(payload_keys), force=opts.force)
     client.app.send_task(CONVERT_TASK, args=[task.encode()], queue=queue)

@@ -61,6 +61,8 @@ def read_bytes(path: str, max_bytes: int) -> tuple[bytes | None, str | None]:
         return None, "permission denied"
     except OSError as exc:
         return None, f"cannot read file: {exc.strerror or exc}"
+    except ValueError:  # a NUL byte in the name (a manifest's row): no file can have that name
+        return None, "the path contains a NUL byte"
 
 
 def iter_inputs(specs: Iterable[str]) -> Iterator[InputItem]:
@@ -129,12 +131,28 @@ def _walk(root: str) -> Iterator[InputItem]:
 
 
 def _manifest(path: str) -> Iterator[InputItem]:
+    """The manifest's rows; whatever is wrong with the file (not UTF-8, unreadable, malformed CSV)
+    is an ``InputError`` naming it, so the CLI prints one line instead of a traceback."""
+    try:
+        yield from _manifest_rows(path)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{display_path(path)}: not UTF-8 text (byte {exc.start}); save the manifest as UTF-8") \
+            from exc
+    except csv.Error as exc:
+        raise InputError(f"{display_path(path)}: not a readable CSV manifest: {exc}") from exc
+    except OSError as exc:
+        raise InputError(f"{display_path(path)}: cannot read the manifest: {exc.strerror or exc}") from exc
+
+
+def _manifest_rows(path: str) -> Iterator[InputItem]:
     base = os.path.dirname(path)
     rows = _csv_rows(path) if path.lower().endswith(".csv") else _jsonl_rows(path)
     for lineno, row in rows:
         value = row.get("path")
         if not value:
             raise InputError(f"{display_path(path)}:{lineno}: row has no 'path'")
+        if not isinstance(value, str):
+            raise InputError(f"{display_path(path)}:{lineno}: 'path' must be a string, not {value!r}")
         full = value if os.path.isabs(value) else os.path.join(base, value)
         label = row.get("label")
         yield InputItem(full, None if label in (None, "") else str(label))

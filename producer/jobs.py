@@ -23,7 +23,9 @@ def status(client: Client, job_id: str) -> dict[str, Any]:
     unservable rule on the way (common/closeout.py), so looking at a stuck job is what ends it."""
     record = client.store.record(job_id)
     workers: list[fleet.WorkerInfo] = []
-    if not record.terminal:
+    if record.terminal:
+        closeout.finish_pending(client.store, record)  # a close-out cut short (e.g. by Ctrl-C) ends now
+    else:
         workers = client.live_workers()
         closeout.check_servable(client.store, workers, record, client.settings.unservable_grace_s)
     st = client.store.status(job_id)
@@ -39,8 +41,10 @@ def status(client: Client, job_id: str) -> dict[str, Any]:
 
 def wait(client: Client, job_id: str, on_progress: Callable[[JobStatus], None] | None = None,
          poll_s: float = 0.5, timeout_s: float | None = None) -> JobStatus:
-    """Poll until the job ends (``timeout_s``: WaitTimeoutError when it passes). Without a timeout it still
-    ends: a job that no live worker serves fails after ``unservable_grace_s`` (checked as it polls)."""
+    """Poll until the job ends (``timeout_s``: WaitTimeoutError when it passes). Without a timeout an
+    inference job still ends: one that no live worker serves fails after ``unservable_grace_s``
+    (checked as it polls). Calibration and conversion jobs wait for a worker of their kind: give
+    ``timeout_s`` where none may come."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     checked = time.monotonic()
     while True:
@@ -48,6 +52,7 @@ def wait(client: Client, job_id: str, on_progress: Callable[[JobStatus], None] |
         if on_progress:
             on_progress(st)
         if st.terminal:
+            closeout.finish_pending(client.store, st.job)  # every sent image has its record before we return
             return client.store.status(job_id)
         if deadline is not None and time.monotonic() > deadline:
             raise WaitTimeoutError(f"job {job_id} is still {st.state} after {timeout_s:g}s "

@@ -17,7 +17,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 from common import catalog, closeout, keys, routing
 from common.calibration import available_tables, table_files
@@ -185,7 +185,16 @@ def resume(client: Client, job_id: str, on_batch: Callable[[int], None] | None =
         raise JobError(f"job {job_id} is {job.state} (after {job.n_enqueued} images were sent); nothing to resume")
     if not job.options:
         raise JobError(f"job {job_id} is not an inference job submitted by `trtbatch submit`; it cannot be resumed")
-    opts = SubmitOptions(**{k: tuple(v) if k == "paths" else v for k, v in job.options.items()})
+    known = {f.name for f in fields(SubmitOptions)}  # a newer writer's extra keys left out
+    opts = SubmitOptions(**{k: tuple(v) if k == "paths" else v for k, v in job.options.items() if k in known})
+    # The walk must see what the first run saw: relative paths from the same folder (records keep the
+    # paths as given), and inputs still there - a walk of a missing folder would send nothing more
+    # and finish the job short.
+    relative = [p for p in opts.paths if not os.path.isabs(p)]
+    if relative and opts.cwd and os.path.realpath(opts.cwd) != os.path.realpath(os.getcwd()):
+        raise JobError(f"job {job_id} was submitted from {opts.cwd} with relative paths ({relative[0]}...); "
+                       f"resume it from there: cd {opts.cwd} && trtbatch submit --resume {job_id}")
+    check_inputs(opts.paths)
     plan = make_plan(client, opts)
     if plan.resolved.version_id != job.version_id:
         raise JobError(f"model {opts.model} changed since job {job_id} started "

@@ -6,7 +6,7 @@ import pytest
 import redis
 
 from common import closeout, keys
-from common.errors import JobError
+from common.errors import JobCancelledError, JobError
 from common.fleet import WorkerInfo
 from common.schemas import BatchPayload, JobRecord, PayloadItem, ResultRecord
 from common.store import JobStore
@@ -119,3 +119,18 @@ def test_other_job_kinds_and_finished_jobs_are_left_alone(store: JobStore) -> No
     assert store.create_job(JobRecord(job_id="c", kind="calibration", queue=QUEUE))
     assert closeout.check_servable(store, [], store.record("c"), grace_s=0, now=1.0) is None
     assert store.record("c").unservable_since is None
+
+
+def test_a_close_out_cut_short_is_finished_by_the_next_look(store: JobStore) -> None:
+    """The state flips first; a close-out interrupted after it (Ctrl-C in `status`, or a worker sweep's
+    per-tick bound) leaves pending images that the next status, wait or sweep records."""
+    sent_job(store)
+    assert closeout.end(store, "j", "cancelled", JobCancelledError("job cancelled"), max_batches=1) == 3
+    st = store.status("j")
+    assert (st.state, st.cancelled, st.pending) == ("cancelled", 3, 4)
+    assert closeout.sweep_unservable(store, [], 120.0, max_batches=1) == []  # one more batch per sweep
+    assert store.status("j").cancelled == 6
+    assert closeout.finish_pending(store, store.record("j")) == 1
+    st = store.status("j")
+    assert (st.cancelled, st.pending) == (7, 0)
+    assert closeout.finish_pending(store, store.record("j")) == 0  # nothing left: nothing done

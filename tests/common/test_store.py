@@ -245,3 +245,14 @@ def test_deleted_job(store: JobStore) -> None:
     with pytest.raises(JobError, match="job j no longer exists"):
         store.write_batch("j", 1, [rec(1)], key)
     assert not any(store.conn.exists(k) for k in keys.job_keys("j"))  # nothing half-written
+
+
+def test_a_task_job_cancelled_during_its_upload_stays_cancelled(store: JobStore) -> None:
+    from common import closeout
+
+    assert store.create_job(JobRecord(job_id="c", kind="calibration", model="digits"))
+    assert store.mark_task_queued("c", n_images=20, n_batches=2) == "queued"
+    assert store.create_job(JobRecord(job_id="d", kind="calibration", model="digits"))
+    assert closeout.cancel(store, "d") == "cancelled"
+    assert store.mark_task_queued("d", n_images=20, n_batches=2) == "cancelled"  # the upload ended after
+    assert store.record("d").state == "cancelled" and store.record("d").n_images == 20

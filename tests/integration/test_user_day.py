@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -199,3 +200,21 @@ def test_jobs_delete_and_purge(env, images) -> None:
     assert job_ids(env) == []
     out = trtbatch(env, "jobs", "delete", done)
     assert out.returncode == 2 and f"no job '{done}'" in out.stderr
+
+
+def test_resume_from_another_folder_is_refused_not_cut_short(client, images, tmp_path, monkeypatch) -> None:
+    """A job submitted with relative paths, interrupted: resumed from elsewhere, its walk would find
+    nothing and finish the job short; it is refused with the folder to resume from."""
+    from common.errors import JobError
+    from common.schemas import JobRecord
+    from producer import submit
+
+    monkeypatch.chdir(images.parent)
+    opts = submit.SubmitOptions(paths=(images.name,), model="digits", cwd=str(images.parent))
+    job_id = submit.new_job_id()
+    assert client.store.create_job(JobRecord(job_id=job_id, model="digits", options=asdict(opts)))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(JobError, match=f"resume it from there: cd {images.parent} && trtbatch submit --resume"):
+        submit.resume(client, job_id)
+    client.store.delete(job_id)

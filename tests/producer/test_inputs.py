@@ -167,3 +167,18 @@ def test_non_utf8_file_name(tmp_path: Path) -> None:
     assert shown.encode("utf-8").decode("utf-8") == shown  # printable, valid UTF-8
     assert shown.endswith("caf\ufffd.png")
     assert display_path(str(tmp_path / "plain é.png")) == str(tmp_path / "plain é.png")
+
+
+@pytest.mark.parametrize(("name", "content", "expected"), [
+    ("latin1.csv", b"path,label\n\xe9t\xe9.png,1\n", "not UTF-8 text"),
+    ("number.jsonl", b'{"path": 5}\n', "'path' must be a string, not 5"),
+])
+def test_a_broken_manifest_is_one_input_error(tmp_path: Path, name: str, content: bytes, expected: str) -> None:
+    manifest = tmp_path / name
+    manifest.write_bytes(content)
+    with pytest.raises(InputError, match=expected):
+        check_inputs([str(manifest)])
+
+
+def test_a_nul_byte_in_a_path_is_a_reason_not_a_crash() -> None:
+    assert read_bytes("a\x00b.png", 1000) == (None, "the path contains a NUL byte")

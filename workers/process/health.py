@@ -36,17 +36,27 @@ class PidRecord:
     redis: str  # the Redis the worker serves (redacted URL)
     created_s: float  # the process's start time: a pid the kernel gave to a new process is not it
     metrics_port: int = 0
+    launcher_pid: int = 0  # the process that started it (the launcher, or a shell); 0: not recorded
+    launcher_created_s: float = 0.0
 
     @property
     def alive(self) -> bool:
-        try:
-            proc = psutil.Process(self.pid)
-            # a zombie is dead: killed, not yet reaped (in a container, PID 1 may never reap it)
-            return abs(proc.create_time() - self.created_s) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
-        except psutil.AccessDenied:  # another user's process holds the pid: it exists
-            return True
+        return _running(self.pid, self.created_s)
+
+    @property
+    def launcher_alive(self) -> bool:
+        return not self.launcher_pid or _running(self.launcher_pid, self.launcher_created_s)
+
+
+def _running(pid: int, created_s: float) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        # a zombie is dead: killed, not yet reaped (in a container, PID 1 may never reap it)
+        return abs(proc.create_time() - created_s) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # another user's process holds the pid: it exists
+        return True
 
 
 def records_dir(settings: Settings) -> Path:
@@ -69,8 +79,11 @@ def write_pidfile(settings: Settings, name: str, metrics_port: int, url: str | N
     folder = records_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{_safe(name)}.{pid}{RECORD_SUFFIX}"
-    body = {"name": name, "pid": pid, "redis": redis_identity(settings, url),
-            "created_s": psutil.Process(pid).create_time(), "started_s": time.time(), "metrics_port": metrics_port}
+    me = psutil.Process(pid)
+    parent = me.parent()
+    body = {"name": name, "pid": pid, "redis": redis_identity(settings, url), "created_s": me.create_time(),
+            "started_s": time.time(), "metrics_port": metrics_port,
+            "launcher_pid": parent.pid if parent else 0, "launcher_created_s": parent.create_time() if parent else 0.0}
     tmp = folder / f".{path.name}.tmp"
     tmp.write_text(json.dumps(body))
     try:
@@ -96,21 +109,23 @@ def read_records(settings: Settings) -> list[PidRecord]:
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             info: dict[str, Any] = json.loads(path.read_text())
             out.append(PidRecord(path, str(info["name"]), int(info["pid"]), str(info["redis"]),
-                                 float(info["created_s"]), int(info.get("metrics_port") or 0)))
+                                 float(info["created_s"]), int(info.get("metrics_port") or 0),
+                                 int(info.get("launcher_pid") or 0), float(info.get("launcher_created_s") or 0)))
     return out
 
 
 def _mine(settings: Settings, name: str | None) -> tuple[list[PidRecord], int]:
     """The records of this Redis (and ``name``), minus those of dead processes that a live process
-    of the same name has replaced (a worker restarted after a SIGKILL), which are deleted; and how
-    many records belong to other Redis servers."""
+    has replaced (a worker its launcher restarted after a SIGKILL) or whose launcher is gone too
+    (the whole launch was killed; nobody will restart it, and a new launch has new default names),
+    which are deleted; and how many records belong to other Redis servers."""
     redis_id = redis_identity(settings)
     every = read_records(settings)
     ours = [r for r in every if r.redis == redis_id and (name is None or r.name == name)]
     live_names = {r.name for r in ours if r.alive}
     kept = []
     for rec in ours:
-        if not rec.alive and rec.name in live_names:
+        if not rec.alive and (rec.name in live_names or not rec.launcher_alive):
             remove_pidfile(rec.path)
         else:
             kept.append(rec)

@@ -75,3 +75,14 @@ def test_record_passwords_are_redacted(settings: Settings) -> None:
     secret = settings.replace(redis_url="redis://app:hunter2@127.0.0.1:6390/0")
     path = health.write_pidfile(secret, "cpu@host", 0)
     assert "hunter2" not in path.read_text() and "app:***@" in path.read_text()
+
+
+def test_a_killed_worker_is_reported_until_restarted_or_its_whole_launch_is_gone(settings: Settings) -> None:
+    out = subprocess.run([sys.executable, "-c", WRITE_RECORD, "redis://127.0.0.1:6390/0", str(settings.state_dir)],
+                         capture_output=True, text=True, check=True, cwd=REPO_ROOT)
+    dead = Path(out.stdout.strip())  # its process has exited; its launcher (this test) lives
+    records, _ = health._mine(settings, None)
+    assert [r.path for r in records] == [dead] and not records[0].alive and records[0].launcher_alive
+    body = json.loads(dead.read_text())  # the launcher gone too: a new launch will not restart it
+    dead.write_text(json.dumps({**body, "launcher_created_s": body["launcher_created_s"] - 3600}))
+    assert health._mine(settings, None) == ([], 0) and not dead.exists()
