@@ -114,6 +114,23 @@ def _record(job: JobRecord, batch_no: int, item: PayloadItem, error: TrtbatchErr
                         version_id=job.version_id, precision=job.precision, engine=job.engine)
 
 
+# KEYS: job ; ARGV: now ("" = Redis's clock). Notes when a job was first found unservable and
+# returns how long ago that was. Redis's clock, not the caller's: producers and workers on hosts
+# whose clocks differ by minutes would otherwise shorten or stretch the grace. A job hash that has
+# expired is not recreated.
+_NOTE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return '0' end
+local now = tonumber(ARGV[1])
+if not now then local t = redis.call('TIME'); now = tonumber(t[1]) + tonumber(t[2]) / 1e6 end
+local since = tonumber(redis.call('HGET', KEYS[1], 'unservable_since'))
+if not since then redis.call('HSET', KEYS[1], 'unservable_since', tostring(now)); return '0' end
+return tostring(now - since)
+"""
+_CLEAR_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HDEL', KEYS[1], 'unservable_since') end
+"""
+
+
 def check_servable(store: JobStore, workers: list[fleet.WorkerInfo], job: JobRecord, grace_s: float,
                    now: float | None = None, max_batches: int | None = None) -> str | None:
     """Apply the unservable rule to one job; returns why no live worker serves it now (None if one does).
@@ -126,17 +143,13 @@ def check_servable(store: JobStore, workers: list[fleet.WorkerInfo], job: JobRec
         return None
     if job.kind != "inference":
         return None
-    now = time.time() if now is None else now
     reason = fleet.unservable_reason(workers, job.queue)
-    key = keys.job(job.job_id)
     if reason is None:
         if job.unservable_since is not None:
-            store.conn.hdel(key, "unservable_since")
+            store.conn.eval(_CLEAR_LUA, 1, keys.job(job.job_id))
         return None
-    if job.unservable_since is None:
-        store.conn.hsetnx(key, "unservable_since", now)
-    elif now - job.unservable_since >= grace_s:
-        waited = now - job.unservable_since
+    waited = float(store.conn.eval(_NOTE_LUA, 1, keys.job(job.job_id), "" if now is None else now) or 0)
+    if waited >= grace_s and job.unservable_since is not None:
         end(store, job.job_id, "failed", UnservableError(
             f"{reason} (nobody served it for {waited:.0f} s; unservable_grace_s = {grace_s:g})"), max_batches)
     return reason

@@ -336,7 +336,15 @@ class JobStore:
         pipe.execute()
 
     def delete(self, job_id: str) -> None:
-        """Remove a job: its record, results and counters, and the payloads it still holds."""
-        payloads = list(self.conn.scan_iter(match=keys.payload(job_id, "*"), count=1000))  # type: ignore[arg-type]
-        self.conn.delete(*keys.job_keys(job_id), *payloads)
+        """Remove a job: its record, results and counters, and the payloads it still holds (named by
+        batch number, up to the most batches the job counted or sent: no keyspace scan per job)."""
+        job = self.conn.hmget(keys.job(job_id), "n_batches", "eval_images", "batch_size")
+        progress = json.loads(self.conn.get(keys.job_progress(job_id)) or "{}")
+        n = max(int(job[0] or 0), int(progress.get("batches", 0)))
+        # a calibration job's evaluation payloads are numbered apart, in batches of its batch size
+        n_eval = -(-int(job[1] or 0) // max(1, int(job[2] or 1)))
+        payloads = [keys.payload(job_id, b) for b in range(n)] + [keys.eval_payload(job_id, b) for b in range(n_eval)]
+        for start in range(0, len(payloads), 10_000):  # bounded DEL calls for million-image jobs
+            self.conn.delete(*payloads[start:start + 10_000])
+        self.conn.delete(*keys.job_keys(job_id))
         self.conn.zrem(keys.JOBS, job_id)

@@ -51,7 +51,7 @@ def convert(client: Client, opts: ConvertOptions, job_id: str | None = None) -> 
     client.store.create_job(JobRecord(job_id=job_id, kind="conversion", model=opts.model, version_id=vid,
                                       queue=queue, engine="onnxruntime"))
     payload_keys = _upload_check_images(client, job_id, opts.check_images)
-    if client.store.mark_task_queued(job_id, n_images=0) != "queued":
+    if client.store.mark_task_queued(job_id, n_images=0, n_batches=len(payload_keys)) != "queued":
         return job_id  # cancelled during the upload: no task
     task = ConvertTask(job_id=job_id, version_id=vid, model=opts.model, fp16=opts.fp16,
                        check_payload_keys=tuple(payload_keys), force=opts.force)

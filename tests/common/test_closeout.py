@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import redis
 
@@ -134,3 +136,18 @@ def test_a_close_out_cut_short_is_finished_by_the_next_look(store: JobStore) -> 
     st = store.status("j")
     assert (st.cancelled, st.pending) == (7, 0)
     assert closeout.finish_pending(store, store.record("j")) == 0  # nothing left: nothing done
+
+
+def test_the_grace_runs_on_redis_clock_and_an_expired_job_is_not_recreated(store: JobStore) -> None:
+    sent_job(store)
+    redis_now = float(store.conn.time()[0])
+    assert closeout.check_servable(store, [], store.record("j"), grace_s=120)  # no `now`: Redis's clock
+    since = store.record("j").unservable_since
+    assert since is not None and abs(since - redis_now) < 5
+    store.conn.hset(keys.job("j"), "unservable_since", redis_now - 200)
+    closeout.check_servable(store, [], store.record("j"), grace_s=120)
+    assert store.record("j").state == "failed"
+    gone = store.record("j")
+    store.delete("j")
+    closeout.check_servable(store, [], replace(gone, state="queued", unservable_since=None), grace_s=120)
+    assert not store.conn.exists(keys.job("j"))  # no ghost hash holding only unservable_since

@@ -256,3 +256,15 @@ def test_a_task_job_cancelled_during_its_upload_stays_cancelled(store: JobStore)
     assert closeout.cancel(store, "d") == "cancelled"
     assert store.mark_task_queued("d", n_images=20, n_batches=2) == "cancelled"  # the upload ended after
     assert store.record("d").state == "cancelled" and store.record("d").n_images == 20
+
+
+def test_delete_removes_the_payloads_it_still_holds(store: JobStore) -> None:
+    assert store.create_job(JobRecord(job_id="c", kind="calibration", model="digits", batch_size=4))
+    for b in range(3):
+        store.conn.set(keys.payload("c", b), b"x")
+    for b in range(2):
+        store.conn.set(keys.eval_payload("c", b), b"x")
+    store.conn.set(keys.payload("other", 0), b"x")
+    store.mark_task_queued("c", n_images=12, n_batches=3, eval_images=7)
+    store.delete("c")
+    assert store.conn.keys(f"{keys.PREFIX}:payload:*") == [keys.payload("other", 0).encode()]
