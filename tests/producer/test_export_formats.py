@@ -7,10 +7,8 @@ test) and exported with the real library and the real ``trtbatch`` entry point."
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,14 +17,11 @@ import pytest
 import redis
 
 from common import keys
-from common.config import Settings
 from common.errors import InputError
 from common.schemas import JobRecord, ResultRecord
 from common.store import JobStore
 from producer import export
 from producer.client import Client
-from tests.conftest import STORE_DB
-from tests.helpers import REPO_ROOT, RedisServer
 
 JOB = "20990101-000000-0f0f0f0f"
 ENTRY = "from cli import main; main()"
@@ -59,22 +54,6 @@ def make_job(conn: redis.Redis, n: int, job_id: str = JOB, per_batch: int = 1000
         store.write_batch(job_id, batch_no, records, keys.payload(job_id, batch_no))
     store.mark_submitted(job_id, n, (n + per_batch - 1) // per_batch)
     return job_id
-
-
-@pytest.fixture()
-def store_client(redis_server: RedisServer, store_conn: redis.Redis) -> Iterator[Client]:
-    client = Client(Settings.from_env({"TRTBATCH_REDIS_URL": f"{redis_server.url}?db={STORE_DB}"}))
-    yield client
-    client.close()
-
-
-@pytest.fixture()
-def cli_env(redis_server: RedisServer, tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRTBATCH_")}
-    env.update(TRTBATCH_REDIS_URL=f"{redis_server.url}?db={STORE_DB}", TRTBATCH_STATE_DIR=str(tmp_path / "state"),
-               TRTBATCH_CACHE_DIR=str(tmp_path / "cache"), TRTBATCH_MODEL_REPO=str(tmp_path / "models"),
-               PYTHONPATH=str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
-    return env
 
 
 def trtbatch(env: dict[str, str], cwd: Path, *args: str, entry: str = ENTRY) -> subprocess.CompletedProcess[str]:

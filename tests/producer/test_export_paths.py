@@ -11,20 +11,16 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
 from common import keys
-from common.config import Settings
 from common.schemas import JobRecord, ResultRecord
 from common.store import JobStore
 from producer import export as jobs
 from producer.client import Client
-from tests.conftest import STORE_DB
-from tests.helpers import REPO_ROOT, RedisServer
 
 ENTRY = "from cli import main; main()"
 JOB = "20990101-000000-e4907a75"
@@ -44,14 +40,6 @@ HOSTILE = [
     "a",  # a.json, a file ...
     "a.json/inside.png",  # ... where this image wants a folder
 ]
-
-
-@pytest.fixture()
-def store_client(redis_server: RedisServer, store_conn: redis.Redis) -> Iterator[Client]:
-    """A real Client on the flushed store database of the session's redis-server."""
-    client = Client(Settings.from_env({"TRTBATCH_REDIS_URL": f"{redis_server.url}?db={STORE_DB}"}))
-    yield client
-    client.close()
 
 
 def make_job(conn: redis.Redis, paths: list[str], job_id: str = JOB) -> str:
@@ -202,15 +190,6 @@ def test_out_that_is_a_file_or_a_dangling_link_is_refused(store_client: Client, 
 
 
 # -- the command line --------------------------------------------------------------------------
-@pytest.fixture()
-def cli_env(redis_server: RedisServer, tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRTBATCH_")}
-    env.update(TRTBATCH_REDIS_URL=f"{redis_server.url}?db={STORE_DB}", TRTBATCH_STATE_DIR=str(tmp_path / "state"),
-               TRTBATCH_CACHE_DIR=str(tmp_path / "cache"), TRTBATCH_MODEL_REPO=str(tmp_path / "models"),
-               PYTHONPATH=str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
-    return env
-
-
 def trtbatch(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", ENTRY, *args], env=env, capture_output=True, text=True,
                           timeout=60, cwd=str(cwd), check=False)
