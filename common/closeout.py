@@ -58,9 +58,8 @@ def end(store: JobStore, job_id: str, state: str, error: TrtbatchError, max_batc
 def finish_pending(store: JobStore, job: JobRecord, max_batches: int | None = None) -> int:
     """Finish the close-out of a job that ``end`` ended (cancelled, or failed as unservable) while
     images it sent still have no record; returns the records written (0 for any other job)."""
-    sent = job.n_images if job.submit_complete else job.n_enqueued
     if job.kind != "inference" or job.state not in ("cancelled", "failed") or \
-            job.done + job.failed + job.cancelled >= sent:
+            job.done + job.failed + job.cancelled >= job.sent_images:
         return 0
     error = JobCancelledError("job cancelled") if job.state == "cancelled" else \
         UnservableError(job.error or "the job was ended before its images were served")

@@ -327,6 +327,11 @@ class JobRecord:
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
 
+    @property
+    def sent_images(self) -> int:
+        """Images the job has so far: all of them once submitted, else those sent."""
+        return self.n_images if self.submit_complete else self.n_enqueued
+
     def encode(self) -> dict[str, str]:
         return to_hash(self)
 

@@ -260,8 +260,7 @@ class JobStore:
 
     def status(self, job_id: str, reasons: int = 200) -> JobStatus:
         job = self.record(job_id)
-        n_images = job.n_images if job.submit_complete else job.n_enqueued
-        return JobStatus(job=job, n_images=n_images, error_reasons=self.error_reasons(job_id, reasons))
+        return JobStatus(job=job, n_images=job.sent_images, error_reasons=self.error_reasons(job_id, reasons))
 
     def error_reasons(self, job_id: str, limit: int) -> dict[str, int]:
         """Counts of failure reasons among up to ``limit`` failed images."""
@@ -279,7 +278,7 @@ class JobStore:
                      ) -> Iterator[ResultRecord]:
         """Records in image order, ``chunk`` at a time (bounded memory for huge jobs)."""
         job = self.record(job_id)
-        total = job.n_images if job.submit_complete else job.n_enqueued
+        total = job.sent_images
         key = keys.job_errors(job_id) if failed_only else keys.job_results(job_id)
         for start in range(0, total, chunk):
             indices = list(range(start, min(start + chunk, total)))

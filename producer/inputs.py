@@ -91,8 +91,12 @@ def check_inputs(specs: Iterable[str]) -> list[str]:
     return [f"{display_path(spec)} holds no images ({_why_empty(spec)})" for spec in empty]
 
 
+def _is_manifest(spec: str) -> bool:
+    return Path(spec).suffix.lower() in MANIFEST_EXTENSIONS and os.path.isfile(spec)
+
+
 def _why_empty(spec: str) -> str:
-    if Path(spec).suffix.lower() in MANIFEST_EXTENSIONS and os.path.isfile(spec):
+    if _is_manifest(spec):
         return "the manifest has no rows, only a header" if os.path.getsize(spec) else "an empty manifest"
     if os.path.isdir(spec):
         return "no file with an image extension (.jpg, .jpeg, .png, .bmp, .webp, .tif, ...) in it or below"
@@ -101,7 +105,7 @@ def _why_empty(spec: str) -> str:
 
 def _holds_images(spec: str) -> bool:
     """Whether ``spec`` yields an image; reads a manifest to its end so that a bad row fails now."""
-    if Path(spec).suffix.lower() in MANIFEST_EXTENSIONS and os.path.isfile(spec):
+    if _is_manifest(spec):
         return sum(1 for _ in _manifest(spec)) > 0
     return next(_one(spec), None) is not None
 
@@ -116,7 +120,7 @@ def _one(spec: str) -> Iterator[InputItem]:
         return
     if os.path.isdir(spec):
         yield from _walk(spec)
-    elif Path(spec).suffix.lower() in MANIFEST_EXTENSIONS and os.path.isfile(spec):
+    elif _is_manifest(spec):
         yield from _manifest(spec)
     else:
         yield InputItem(spec)
