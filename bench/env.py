@@ -39,6 +39,8 @@ class BenchOptions:
     gpu_decode: str = "auto"
     #: a peer system run on the same files, model, engine and batch size ("ray": Ray Data)
     peer: str = "none"
+    peer_images: int = 0  # 0: as many as ours
+    slot_pool: str = "auto"
 
     @property
     def gpu(self) -> bool:
@@ -95,6 +97,7 @@ class BenchEnv:
         env = dict(self.env)
         env["TRTBATCH_OVERLAP_DECODE"] = opts.overlap_decode
         env["TRTBATCH_GPU_DECODE"] = opts.gpu_decode
+        env["TRTBATCH_SLOT_POOL"] = opts.slot_pool
         if kind == "gpu":
             index = opts.device.split(":", 1)[1] if ":" in opts.device else "0"
             cmd += ["--gpu-index", index]

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The H200 verification of docs/gpu-verification.md, in steps that each fit one device call:
 #   bash bench/gpu_session.sh STEP OUT_DIR
-# STEP: fleet (workers, digits and ResNet50 jobs on GPU FP32/FP16 vs CPU, GPU-decode checks),
-#       bench-photo / bench-small (trtbatch bench ResNet50 FP16 bs128, GPU decode on and off, Ray Data
-#       beside it), bench-fp32, kill (two workers on the one GPU, one SIGKILLed mid-job).
+# STEP: verify (thread slots: digits jobs vs Paddle CPU, GPU-decode checks), fleet (workers, digits
+#       and ResNet50 jobs on GPU FP32/FP16 vs CPU, GPU-decode checks),
+#       bench-photo / bench-small / bench-pillow (trtbatch bench ResNet50 FP16 bs128: thread and process
+#       slots, GPU decode on and off, Ray Data beside it), bench-fp32, kill (two workers on the one GPU,
+#       one SIGKILLed mid-job).
 # Before the first step: the onnxruntime-gpu bundle in /tmp/parts, wheels in /tmp/whl, the models
 # (ONNX forms made by `trtbatch convert` on a Paddle node: model.toml + model.onnx) in /tmp/m.
 set -uo pipefail
@@ -91,11 +93,39 @@ print(f(Path('/tmp/img'), 512, '500x375')); print(f(Path('/tmp/img'), 64, '1600x
     --output "$chk"
 }
 
-bench() {  # IMAGE_SIZE GPU_DECODE PRECISION PEER [IMAGES]
+verify() {  # a worker with thread slots (the GPU default): digits vs Paddle CPU, the GPU-decode checks
+  nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv >"$out/gpu.csv"
   models
-  tb bench -m resnet50 -e onnxruntime -p "$3" -b 128 -d gpu:0 --slots 4 --image-size "$1" --gpu-decode "$2" \
-    --peer "$4" -n "${5:-16384}" --naive-images 0 -o "$out/bench.jsonl" >"$out/bench-$1-$2-$3.log" 2>&1
-  tail -1 "$out/bench.jsonl"
+  start_worker gpu0 gpu:0 4 || return 1
+  tb workers --json >"$out/workers.json"
+  log convert
+  tb convert -m resnet50 --wait --json >"$out/convert-resnet50.json" 2>&1
+  tb convert -m digits --wait --json >"$out/convert-digits.json" 2>&1
+  local d=/tmp/m/digits-jpg/labels.csv cmp="$out/compare.jsonl"
+  g32=$(submit_json digits-gpu-fp32 -m digits -e onnxruntime --backend gpu -p fp32 --raw-outputs "$d")
+  g16=$(submit_json digits-gpu-fp16 -m digits -e onnxruntime --backend gpu -p fp16 --raw-outputs "$d")
+  python3 bench/compare_jobs.py "$g32" --reference-file /tmp/m/digits-ref-paddle-cpu.jsonl \
+    --label "digits GPU FP32 (thread slots) vs Paddle CPU FP32 (dev machine)" --output "$cmp"
+  python3 bench/compare_jobs.py "$g16" --reference-file /tmp/m/digits-ref-paddle-cpu.jsonl \
+    --label "digits GPU FP16 (thread slots) vs Paddle CPU FP32 (dev machine)" --output "$cmp"
+  stop_workers
+  log gpu decode checks
+  python3 -c "from pathlib import Path; from bench.support import image_folder as f
+print(f(Path('/tmp/img'), 512, '500x375')); print(f(Path('/tmp/img'), 64, '1600x1200'))"
+  local chk="$out/gpu-decode-check.jsonl"
+  python3 bench/gpu_decode_check.py --model digits --images /tmp/m/digits-jpg --output "$chk"
+  python3 bench/gpu_decode_check.py --model resnet50 --images /tmp/img/jpeg-500x375-512 --output "$chk"
+  python3 bench/gpu_decode_check.py --model resnet50 --images /tmp/img/jpeg-1600x1200-64 --batch-size 64 \
+    --output "$chk"
+  cut -c1-400 "$chk"
+}
+
+bench() {  # IMAGE_SIZE GPU_DECODE PRECISION PEER [SLOT_POOL [SLOTS]]
+  models
+  tb bench -m resnet50 -e onnxruntime -p "$3" -b 128 -d gpu:0 --slots "${6:-4}" --slot-pool "${5:-auto}" \
+    --image-size "$1" --gpu-decode "$2" --peer "$4" --peer-images 8192 -n 16384 --naive-images 0 --bare-seconds 5 \
+    -o "$out/bench.jsonl" >"$out/bench-$1-$2-$3-${5:-auto}.log" 2>&1 || tail -30 "$out/bench-$1-$2-$3-${5:-auto}.log"
+  tail -1 "$out/bench.jsonl" | cut -c1-1500
 }
 
 kill_test() {
@@ -108,9 +138,11 @@ kill_test() {
 
 case $step in
   fleet) fleet ;;
-  bench-photo) bench 500x375 on fp16 ray; bench 500x375 off fp16 none ;;
-  bench-small) bench 256 on fp16 ray; bench 256 off fp16 none ;;
-  bench-fp32) bench 500x375 on fp32 none ;;
+  verify) verify ;;
+  bench-photo) bench 500x375 on fp16 ray threads; bench 500x375 on fp16 none processes ;;
+  bench-small) bench 256 on fp16 ray threads; bench 256 off fp16 none threads ;;
+  bench-pillow) bench 500x375 off fp16 none threads ;;
+  bench-fp32) bench 500x375 on fp32 none threads ;;
   kill) kill_test ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
 esac

@@ -250,6 +250,7 @@ def report(opts: BenchOptions, out: dict[str, Any]) -> dict[str, Any]:
         "bench": "throughput", "model": opts.model, "engine": opts.engine, "precision": opts.precision,
         "backend": opts.backend, "batch_size": opts.batch_size, "device": opts.device, "gpu": gpu,
         "threads": opts.threads, "slots": opts.slots, "overlap_decode": opts.overlap_decode,
+        "slot_pool": opts.slot_pool,
         "gpu_decode": opts.gpu_decode, "image_size": opts.sizes, "cpu_count": os.cpu_count(), "versions": _versions(),
         "bare_images_per_s": round(a["images_per_s"], 2), "e2e_images_per_s": round(b["images_per_s"], 2),
         "ratio_e2e_over_bare": round(b["images_per_s"] / a["images_per_s"], 4),

@@ -22,6 +22,8 @@ from cli.util import Context, pass_ctx
               help="Pipeline slots of the benchmark worker (worker setting pipeline_slots).")
 @click.option("--overlap-decode", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Decode the next batch while one runs (worker setting overlap_decode).")
+@click.option("--slot-pool", type=click.Choice(["auto", "threads", "processes"]), default="auto", show_default=True,
+              help="Slots as threads of one worker process or as pool processes (worker setting slot_pool).")
 @click.option("-n", "--images", type=click.IntRange(min=16), default=960, show_default=True,
               help="End-to-end images (a long job shows the steady rate, not start-up).")
 @click.option("--naive-images", type=click.IntRange(min=0), default=160, show_default=True,
@@ -35,13 +37,16 @@ from cli.util import Context, pass_ctx
               help="GPU workers: decode JPEGs on the GPU (worker setting gpu_decode).")
 @click.option("--peer", type=click.Choice(["none", "ray"]), default="none", show_default=True,
               help="Also run a peer system on the same files, model, engine and batch size (ray: Ray Data).")
+@click.option("--peer-images", type=click.IntRange(min=0), default=0,
+              help="Images of the peer's run, the first of the same files (0: as many as ours).")
 @click.option("--bare-seconds", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               help="How long to time the bare predictor (after warm-up).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also append the JSON line to this file.")
 @pass_ctx
 def bench(ctx: Context, model: str, precision: str, batch_size: int, device: str, threads: int,
-          decode_threads: int, slots: int, overlap_decode: str, images: int, naive_images: int, image_size: str,
-          engine: str, gpu_decode: str, peer: str, bare_seconds: float, output: str | None) -> None:
+          decode_threads: int, slots: int, overlap_decode: str, slot_pool: str, images: int, naive_images: int,
+          image_size: str, engine: str, gpu_decode: str, peer: str, peer_images: int, bare_seconds: float,
+          output: str | None) -> None:
     """Measure bare predictor, end-to-end and naive-baseline images/s in one run; print one JSON line."""
     from bench.env import BenchOptions
     from bench.support import emit_json_line, parse_sizes
@@ -56,7 +61,7 @@ def bench(ctx: Context, model: str, precision: str, batch_size: int, device: str
     opts = BenchOptions(model=model, precision=precision, batch_size=batch_size, device=device, threads=threads,
                         decode_threads=decode_threads, slots=slots, overlap_decode=overlap_decode, images=images,
                         naive_images=naive_images, image_size=image_size, bare_seconds=bare_seconds, engine=engine,
-                        gpu_decode=gpu_decode, peer=peer)
+                        gpu_decode=gpu_decode, peer=peer, peer_images=peer_images, slot_pool=slot_pool)
     emit_json_line(run(opts, ctx.settings), output)
 
 

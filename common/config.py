@@ -73,6 +73,10 @@ class Settings:
     pipeline_slots: int = 2
     overlap_decode: str = "auto"
     pool_start_method: str = "auto"
+    #: How a worker runs its slots: threads (one process, one CUDA context: the slots' decoding and
+    #: inference overlap on the GPU), processes (a prefork pool; each slot owns its cores), or auto
+    #: (threads on GPU workers, processes on CPU workers)
+    slot_pool: str = "auto"
     gpu_selftest: str = "enforce"
     #: GPU workers: decode JPEGs on the GPU (nvImageCodec + CuPy) for engines that take device batches:
     #: auto (when the libraries load), on (refuse to start without them), off (always Pillow)

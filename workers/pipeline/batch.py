@@ -168,7 +168,8 @@ def gpu_decoder(ctx: SlotContext, pre: Preprocessor, predictor: Predictor) -> An
         from workers.pipeline.gpu_decode import GpuDecoder
 
         try:
-            found = GpuDecoder(pre, predictor.spec.gpu_id)
+            # nvImageCodec's own threads: the worker's cores shared among its slots
+            found = GpuDecoder(pre, predictor.spec.gpu_id, max(1, ctx.identity.cpu_threads // ctx.identity.slots))
         except Exception as exc:  # a decoder that cannot start: this slot decodes with Pillow, and says so
             log.error("GPU decoding is unavailable in this slot, decoding with Pillow: %s", exc)
             ctx.publish_state(last_error=f"GPU decode unavailable: {type(exc).__name__}: {exc}"[:500])

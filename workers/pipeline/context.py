@@ -6,6 +6,11 @@ fork, through the environment on spawn. ``SlotContext`` is built in each pool pr
 starts (workers/process/runtime.py): Redis clients, the predictor cache, the decode thread pool,
 the device lock that lets slots share one device without running at once, and an observer that
 the process room plugs metrics into. Tasks find it with ``current()``.
+
+With thread slots (``slot_pool = threads``: every slot a thread of one process, so the slots of a
+GPU share one CUDA context and their decoding and inference overlap on the device instead of
+taking turns), the worker builds one context per slot before it consumes, and each pool thread
+takes one for good on its first task.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import contextlib
 import fcntl
 import json
 import os
+import queue
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +62,8 @@ class WorkerIdentity:
     shared_device: bool = True
     #: decode JPEGs on the GPU (workers/pipeline/gpu_decode.py) for engines that take device batches
     gpu_decode: bool = False
+    #: slots are threads of the worker process (Celery's threads pool), not pool processes
+    thread_slots: bool = False
     schema: int = SCHEMA_VERSION
 
     @property
@@ -141,6 +150,8 @@ class SlotContext:
     #: preprocessing (a manifest's table) -> its GPU decoder (workers/pipeline/gpu_decode.py)
     gpu_decoders: dict[Any, Any] = field(default_factory=dict)
     state: SlotState = field(default_factory=SlotState)
+    #: (monotonic start, task) of the batch this slot runs now (the thread slots' watchdog reads it)
+    running: tuple[float, Any] | None = None
 
     @property
     def cache_dir(self) -> Path:
@@ -187,13 +198,29 @@ def configured() -> tuple[Settings, WorkerIdentity]:
     return _CONFIGURED["settings"], _CONFIGURED["identity"]
 
 
+_THREAD = threading.local()
+_FREE: queue.SimpleQueue[SlotContext] = queue.SimpleQueue()  # thread slots not yet taken by a pool thread
+
+
 def install(ctx: SlotContext) -> None:
+    """The slot context of this pool process."""
     _CONFIGURED["ctx"] = ctx
 
 
+def offer(ctx: SlotContext) -> None:
+    """A thread slot's context, for the next pool thread that has none."""
+    _FREE.put(ctx)
+
+
 def current() -> SlotContext:
-    """This pool process's slot context."""
-    ctx = _CONFIGURED.get("ctx")
-    if ctx is None:
-        raise RuntimeError("no slot context: this process is not a worker pool process")
-    return ctx
+    """This pool process's slot context - or, with thread slots, this pool thread's."""
+    ctx = getattr(_THREAD, "ctx", None) or _CONFIGURED.get("ctx")
+    if ctx is not None:
+        return ctx
+    if "identity" in _CONFIGURED and _CONFIGURED["identity"].thread_slots:
+        try:
+            _THREAD.ctx = _FREE.get_nowait()
+            return _THREAD.ctx
+        except queue.Empty:
+            pass
+    raise RuntimeError("no slot context: this process is not a worker pool process")

@@ -5,7 +5,14 @@ to NVIDIA's nvImageCodec (the hardware JPEG engine where the GPU has one, else i
 CPU/GPU decoder), with fancy chroma upsampling as libjpeg-turbo does it. Two CUDA kernels
 (workers/pipeline/resample.py) then resize every image with Pillow's coefficients and fixed-point
 arithmetic, crop, convert the colour and normalise exactly as the manifest says, straight into the
-batch tensor. Images the router sends to Pillow - and any the GPU decoder gives up on - are decoded
+batch tensor.
+
+What a batch costs beyond the decode itself is kept to a few small copies: the coefficient tables
+of each input size are built once and stay on the device (``SizePlan``, at most ``MAX_SIZES`` sizes),
+each image's kernel arguments are one row of a table copied in one transfer, the decoder's output
+buffers are reused from batch to batch, and all of it runs on the decoder's own CUDA stream.
+
+Images the router sends to Pillow - and any the GPU decoder gives up on - are decoded
 by the Pillow path and copied into their rows; so are all images of a model whose preprocessing the
 kernels do not reproduce (padding, a resize other than bilinear: ``gpu_route.preprocess_route``).
 The tensor goes to the engine through ONNX Runtime's IO binding: no host round trip.
@@ -27,9 +34,10 @@ from common.imaging import Preprocessor
 from common.manifest import Preprocess
 from common.schemas import PayloadItem
 from workers.pipeline.gpu_route import GPU, preprocess_route, route
-from workers.pipeline.resample import KERNELS, coefficients
+from workers.pipeline.resample import ARG, KERNELS, NARGS, Coeffs, coefficients
 
 THREADS = 256
+MAX_SIZES = 4096  # input sizes whose tables stay on the device; more and the cache starts over
 _LOCK = threading.Lock()
 
 
@@ -51,6 +59,30 @@ class GpuBatch:
     h2d_bytes: int = 0
 
 
+@dataclass(frozen=True)
+class SizePlan:
+    """How one input size is resized and cropped: the source rows the output needs (``row0`` and
+    ``rows``: the vertical taps of the cropped rows), the width after the horizontal pass, the crop
+    offset, and both axes' coefficient tables."""
+
+    row0: int
+    rows: int
+    mid_w: int
+    top: int
+    left: int
+    horizontal: Coeffs
+    vertical: Coeffs
+
+
+def size_plan(pre: Preprocess, out_h: int, height: int, width: int) -> SizePlan:
+    """The plan of an input of ``height`` x ``width`` for a model whose input is ``out_h`` rows high."""
+    (rh, rw), (top, left) = geometry(pre, height, width)
+    ch, cv = coefficients(width, rw), coefficients(height, rh)
+    first = int(cv.bounds[top, 0])
+    last = int(cv.bounds[top + out_h - 1, 0] + cv.bounds[top + out_h - 1, 1])
+    return SizePlan(first, last - first, rw, top, left, ch, cv)
+
+
 def geometry(pre: Preprocess, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """(resized (h, w), crop offset (top, left)) - the arithmetic of Preprocessor._resize_crop."""
     if len(pre.resize) == 1:
@@ -64,16 +96,18 @@ def geometry(pre: Preprocess, height: int, width: int) -> tuple[tuple[int, int],
 
 
 class GpuDecoder:
-    """One per pipeline slot and model preprocessing (the kernels and decoder are reused)."""
+    """One per pipeline slot and model preprocessing (the kernels, decoder, stream and tables are reused)."""
 
-    def __init__(self, pre: Preprocessor, device_id: int = 0) -> None:
+    def __init__(self, pre: Preprocessor, device_id: int = 0, cpu_threads: int = 0) -> None:
         import cupy
         from nvidia import nvimgcodec
 
         self.cp, self.nv, self.pre = cupy, nvimgcodec, pre
         self.chw = pre.chw
         kinds = nvimgcodec.BackendKind
-        self.decoder = nvimgcodec.Decoder(device_id=device_id, backends=[
+        # cpu_threads: nvImageCodec's own threads (JPEG parsing, the hybrid decoder's Huffman stage);
+        # 0 would give every slot of a worker one per core
+        self.decoder = nvimgcodec.Decoder(device_id=device_id, max_num_cpu_threads=cpu_threads, backends=[
             nvimgcodec.Backend(kinds.HW_GPU_ONLY), nvimgcodec.Backend(kinds.HYBRID_CPU_GPU),
             nvimgcodec.Backend(kinds.GPU_ONLY)], options=":fancy_upsampling=1")
         self.params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB,
@@ -81,10 +115,16 @@ class GpuDecoder:
         with _LOCK:  # compiling the module once per process
             module = cupy.RawModule(code=KERNELS)
         self.horizontal, self.vertical = module.get_function("horizontal"), module.get_function("vertical")
-        self.a = cupy.asarray(pre._a, dtype=cupy.float32)
-        self.b = cupy.asarray(pre._b, dtype=cupy.float32)
+        self.stream = cupy.cuda.Stream(non_blocking=True)
+        with self.stream:
+            self.a = cupy.asarray(pre._a, dtype=cupy.float32)
+            self.b = cupy.asarray(pre._b, dtype=cupy.float32)
         self.channels = 1 if pre.pre.color == "L" else 3
         self.model_route = preprocess_route(pre.pre)  # GPU, or why no image of this model goes there
+        self._sizes: dict[tuple[int, int], tuple[SizePlan, Any, tuple[int, int, int, int]]] = {}
+        #: the last batch's decoded images, whose buffers take the next one (None: this version cannot)
+        self._reuse: list[Any] | None = []
+        self._mid: Any = None
 
     def _route(self, item: PayloadItem) -> str:
         if item.error:
@@ -96,8 +136,7 @@ class GpuDecoder:
         cp = self.cp
         routes = [self._route(it) for it in items]
         gpu_idx = [i for i, r in enumerate(routes) if r == GPU]
-        images = self.decoder.decode([self.nv.CodeStream(items[i].data) for i in gpu_idx], params=self.params) \
-            if gpu_idx else []
+        images = self._decode_jpegs([items[i].data for i in gpu_idx]) if gpu_idx else []
         decoded_gpu = {i: img for i, img in zip(gpu_idx, images, strict=True) if img is not None}
         cpu_idx = [i for i in range(len(items)) if i not in decoded_gpu]
         host, cpu_decoded = cpu_decode([items[i] for i in cpu_idx]) if cpu_idx else (None, [])
@@ -106,75 +145,87 @@ class GpuDecoder:
             decoded[i] = cpu_decoded[n]
         good = [i for i in range(len(items)) if not isinstance(decoded[i], ImageError)]
         slot = {i: n for n, i in enumerate(good)}
-        tensor = cp.empty((len(good), *self.chw), cp.float32)
-        if decoded_gpu:
-            self._preprocess({i: decoded_gpu[i] for i in decoded_gpu}, slot, tensor)
-        h2d = 0
-        for n, i in enumerate(cpu_idx):
-            if i in slot:
-                tensor[slot[i]] = cp.asarray(host[n])
-                h2d += host[n].nbytes
-        cp.cuda.get_current_stream().synchronize()  # the engine runs on its own stream
+        h2d = sum(len(items[i].data or b"") for i in decoded_gpu)  # the encoded bytes, to the decoder
+        with self.stream:
+            tensor = cp.empty((len(good), *self.chw), cp.float32)
+            if decoded_gpu:
+                h2d += self._preprocess(decoded_gpu, slot, tensor)
+            pillow = [n for n, i in enumerate(cpu_idx) if i in slot]
+            if pillow:  # the Pillow path's rows: one copy, then into their places
+                rows = host[pillow] if len(pillow) < len(host) else host
+                tensor[cp.asarray([slot[cpu_idx[n]] for n in pillow])] = cp.asarray(rows)
+                h2d += rows.nbytes
+        self.stream.synchronize()  # the engine runs on its own stream
         routed: dict[str, int] = {}
         for i in cpu_idx:
             reason = routes[i] if routes[i] != GPU else "GPU decoder refused it"
             routed[reason] = routed.get(reason, 0) + 1
-        h2d += sum(len(items[i].data or b"") for i in decoded_gpu)  # the encoded bytes, to the decoder
         return GpuBatch(tensor, decoded, good, len(decoded_gpu), routed, h2d)
 
-    def _preprocess(self, images: dict[int, Any], slot: dict[int, int], out: Any) -> None:
-        """Both resample passes for the GPU-decoded images, into their rows of ``out``."""
+    def _decode_jpegs(self, datas: list[bytes]) -> list[Any]:
+        """One batched decode on this decoder's stream, into the previous batch's buffers when it had as many."""
+        streams = [self.nv.CodeStream(d) for d in datas]
+        if self._reuse is None:
+            return self.decoder.decode(streams, params=self.params, cuda_stream=self.stream.ptr)
+        reuse = self._reuse[:len(streams)] if len(self._reuse) >= len(streams) else None
+        try:
+            images = self.decoder.decode(streams, images=reuse, params=self.params, cuda_stream=self.stream.ptr)
+        except TypeError:  # an nvImageCodec without buffer reuse: new buffers every batch
+            self._reuse = None
+            return self.decoder.decode(streams, params=self.params, cuda_stream=self.stream.ptr)
+        if all(img is not None for img in images) and len(images) >= len(self._reuse):
+            self._reuse = list(images)
+        return images
+
+    def _size(self, height: int, width: int) -> tuple[SizePlan, tuple[int, int, int, int]]:
+        """The plan of one input size and the device addresses of its tables, built once."""
+        key = (height, width)
+        found = self._sizes.get(key)
+        if found is None:
+            if len(self._sizes) >= MAX_SIZES:
+                self._sizes.clear()
+            plan = size_plan(self.pre.pre, self.chw[1], height, width)
+            tables = [plan.horizontal.bounds, plan.horizontal.weights, plan.vertical.bounds, plan.vertical.weights]
+            flat = self.cp.asarray(np.concatenate([t.ravel() for t in tables]).astype(np.int32))
+            starts = np.cumsum([0] + [t.size for t in tables])[:-1] * 4 + flat.data.ptr
+            found = (plan, flat, tuple(int(x) for x in starts))
+            self._sizes[key] = found
+        return found[0], found[2]  # type: ignore[return-value]
+
+    def _preprocess(self, images: dict[int, Any], slot: dict[int, int], out: Any) -> int:
+        """Both resample passes for the GPU-decoded images, into their rows of ``out``; returns the bytes copied."""
         cp = self.cp
         order = sorted(images)
-        plans = [self._plan(images[i]) for i in order]
-        t = _tables(plans, [slot[i] for i in order], self.channels)
-        dev = {k: cp.asarray(v) for k, v in t.items() if k != "mid_total"}
-        mid = cp.empty(t["mid_total"], cp.uint8)
+        args = np.zeros((len(order), NARGS), np.int64)
+        mid_off = 0
+        for n, i in enumerate(order):
+            cai = images[i].__cuda_array_interface__
+            height, width = cai["shape"][0], cai["shape"][1]
+            plan, (hb, hw, vb, vw) = self._size(height, width)
+            pitch = cai["strides"][0] if cai.get("strides") else width * 3
+            args[n] = image_args(plan, cai["data"][0], pitch, (hb, hw, vb, vw), slot[i], mid_off)
+            mid_off += plan.rows * plan.mid_w * self.channels
+        if self._mid is None or self._mid.size < mid_off:
+            self._mid = cp.empty(max(mid_off, 1 << 20), cp.uint8)
+        dev_args = cp.asarray(args)
         c, h, w = self.chw
-        n = len(order)
-        grid = ((int(t["mid_sizes"].max()) + THREADS - 1) // THREADS, n)
-        self.horizontal(grid, (THREADS,), (dev["src"], dev["pitch"], dev["row0"], dev["rows"], dev["out_w"],
-                                           dev["b_off_h"], dev["w_off_h"], dev["k_h"], dev["bounds"], dev["weights"],
-                                           mid, dev["mid_off"], np.int32(self.channels)))
-        grid = ((c * h * w + THREADS - 1) // THREADS, n)
-        self.vertical(grid, (THREADS,), (mid, dev["mid_off"], dev["out_w"], dev["row0"], dev["b_off_v"],
-                                         dev["w_off_v"], dev["k_v"], dev["bounds"], dev["weights"], dev["top"],
-                                         dev["left"], dev["slot"], np.int32(h), np.int32(w), np.int32(c),
-                                         np.int32(self.pre.pre.color == "BGR"), self.a, self.b, out))
-
-    def _plan(self, image: Any) -> dict[str, Any]:
-        cai = image.__cuda_array_interface__
-        height, width = cai["shape"][0], cai["shape"][1]
-        pitch = cai["strides"][0] if cai.get("strides") else width * 3
-        (rh, rw), (top, left) = geometry(self.pre.pre, height, width)
-        ch, cv = coefficients(width, rw), coefficients(height, rh)
-        out_h = self.chw[1]
-        first = int(cv.bounds[top, 0])
-        last = int(cv.bounds[top + out_h - 1, 0] + cv.bounds[top + out_h - 1, 1])
-        return {"ptr": cai["data"][0], "pitch": pitch, "row0": first, "rows": last - first, "out_w": rw,
-                "ch": ch, "cv": cv, "top": top, "left": left, "image": image}
+        widest = int((args[:, ARG["rows"]] * args[:, ARG["mid_w"]]).max()) * self.channels
+        self.horizontal(((widest + THREADS - 1) // THREADS, len(order)), (THREADS,),
+                        (dev_args, self._mid, np.int32(self.channels)))
+        self.vertical(((c * h * w + THREADS - 1) // THREADS, len(order)), (THREADS,),
+                      (dev_args, self._mid, np.int32(h), np.int32(w), np.int32(c),
+                       np.int32(self.pre.pre.color == "BGR"), self.a, self.b, out))
+        return args.nbytes
 
 
-def _offsets(sizes: list[int], start: int = 0) -> np.ndarray:
-    return (start + np.cumsum([0, *sizes])[:-1]).astype(np.int32)
-
-
-def _tables(plans: list[dict[str, Any]], slots: list[int], channels: int) -> dict[str, Any]:
-    """The kernels' per-image arguments, and every coefficient table concatenated (horizontal ones first)."""
-    hb = [p["ch"].bounds.shape[0] for p in plans]
-    hw = [p["ch"].weights.size for p in plans]
-    mid_sizes = np.asarray([p["rows"] * p["out_w"] * channels for p in plans], np.int64)
-    ints = {"pitch": "pitch", "row0": "row0", "rows": "rows", "out_w": "out_w", "top": "top", "left": "left"}
-    out: dict[str, Any] = {k: np.asarray([p[v] for p in plans], np.int32) for k, v in ints.items()}
-    out.update(
-        src=np.asarray([p["ptr"] for p in plans], np.uint64),
-        bounds=np.concatenate([p["ch"].bounds.ravel() for p in plans] + [p["cv"].bounds.ravel() for p in plans]),
-        weights=np.concatenate([p["ch"].weights.ravel() for p in plans] + [p["cv"].weights.ravel() for p in plans]),
-        b_off_h=_offsets(hb), w_off_h=_offsets(hw),
-        b_off_v=_offsets([p["cv"].bounds.shape[0] for p in plans], sum(hb)),
-        w_off_v=_offsets([p["cv"].weights.size for p in plans], sum(hw)),
-        k_h=np.asarray([p["ch"].ksize for p in plans], np.int32),
-        k_v=np.asarray([p["cv"].ksize for p in plans], np.int32),
-        slot=np.asarray(slots, np.int32), mid_off=(np.cumsum([0, *mid_sizes])[:-1]).astype(np.int64),
-        mid_sizes=mid_sizes, mid_total=int(mid_sizes.sum()))
-    return out
+def image_args(plan: SizePlan, src: int, pitch: int, tables: tuple[int, int, int, int], slot: int,
+               mid_off: int) -> np.ndarray:
+    """One image's row of the kernels' argument table (``resample.ARG`` names the columns)."""
+    row = np.zeros(NARGS, np.int64)
+    values = {"src": src, "pitch": pitch, "row0": plan.row0, "rows": plan.rows, "mid_w": plan.mid_w,
+              "h_bounds": tables[0], "h_weights": tables[1], "h_ksize": plan.horizontal.ksize,
+              "v_bounds": tables[2], "v_weights": tables[3], "v_ksize": plan.vertical.ksize,
+              "top": plan.top, "left": plan.left, "slot": slot, "mid_off": mid_off}
+    for name, value in values.items():
+        row[ARG[name]] = value
+    return row

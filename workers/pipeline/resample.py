@@ -89,11 +89,21 @@ def emulate(rgb: np.ndarray, out_hw: tuple[int, int], color: str) -> np.ndarray:
     return _clip8(acc)
 
 
-# One thread per output element; blockIdx.y is the image. The coefficient tables of every image of the
-# batch are concatenated: image i's bounds start at pair b_off[i], its weights at w_off[i], ksize[i]
-# weights per output index. Multiply and add are kept apart (__fmul_rn, __fadd_rn) so the float result
-# is rounded exactly as numpy's two passes round it on the Pillow path (no fused multiply-add).
+# One thread per output element; blockIdx.y is the image. Each image's arguments are one row of
+# ``NARGS`` int64 in ``args`` (``ARG`` names the columns; ``workers/pipeline/gpu_decode.py`` fills
+# them): its pixels, its window of source rows, and device pointers to the coefficient tables of its
+# size, which the decoder keeps on the device per input size. Multiply and add are kept apart
+# (__fmul_rn, __fadd_rn) so the float result is rounded exactly as numpy's two passes round it on
+# the Pillow path (no fused multiply-add).
+ARG = {name: i for i, name in enumerate(
+    ("src", "pitch", "row0", "rows", "mid_w", "h_bounds", "h_weights", "h_ksize", "v_bounds", "v_weights",
+     "v_ksize", "top", "left", "slot", "mid_off"))}
+NARGS = 16
+
 KERNELS = r"""
+#define NARGS 16
+#define A(i, k) args[(long long)(i) * NARGS + (k)]
+enum { SRC, PITCH, ROW0, ROWS, MID_W, HB, HW, HK, VB, VW, VK, TOP, LEFT, SLOT, MID_OFF };
 extern "C" {
 __device__ __forceinline__ unsigned char clip8(long long acc) {
     long long v = acc >> 22;
@@ -103,38 +113,35 @@ __device__ __forceinline__ int lum(const unsigned char* p) {
     return (p[0] * 19595 + p[1] * 38470 + p[2] * 7471 + 0x8000) >> 16;
 }
 
-// pass 1: rows [row0, row0 + rows) of an RGB image (row pitch in bytes) -> mid [rows, out_w, channels]
-__global__ void horizontal(const unsigned long long* src, const int* pitch, const int* row0, const int* rows,
-                           const int* out_w, const int* b_off, const int* w_off, const int* ksize,
-                           const int* bounds, const int* weights, unsigned char* mid, const long long* mid_off,
-                           int channels) {
+// pass 1: rows [row0, row0 + rows) of an RGB image (row pitch in bytes) -> mid [rows, mid_w, channels]
+__global__ void horizontal(const long long* args, unsigned char* mid, int channels) {
     int i = blockIdx.y;
-    long long n = (long long)rows[i] * out_w[i] * channels;
+    int mid_w = (int)A(i, MID_W);
+    long long n = A(i, ROWS) * mid_w * channels;
     long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= n) return;
     int c = (int)(e % channels);
     long long px = e / channels;
-    int x = (int)(px % out_w[i]);
-    int y = (int)(px / out_w[i]);
-    const unsigned char* row = (const unsigned char*)src[i] + (long long)(row0[i] + y) * pitch[i];
-    int xb = b_off[i] + x;
-    int xmin = bounds[2 * xb], xs = bounds[2 * xb + 1];
-    const int* w = weights + w_off[i] + (long long)x * ksize[i];
+    int x = (int)(px % mid_w);
+    int y = (int)(px / mid_w);
+    const unsigned char* row = (const unsigned char*)A(i, SRC) + (A(i, ROW0) + y) * A(i, PITCH);
+    const int* bounds = (const int*)A(i, HB);
+    int ksize = (int)A(i, HK);
+    int xmin = bounds[2 * x], xs = bounds[2 * x + 1];
+    const int* w = (const int*)A(i, HW) + (long long)x * ksize;
     long long acc = 1LL << 21;
     for (int t = 0; t < xs; ++t) {
         const unsigned char* p = row + 3 * (xmin + t);
         int v = channels == 1 ? lum(p) : p[c];
         acc += (long long)v * w[t];
     }
-    mid[mid_off[i] + e] = clip8(acc);
+    mid[A(i, MID_OFF) + e] = clip8(acc);
 }
 
 // pass 2: mid -> out[slot, c, y, x] (float32 CHW), rows/cols offset by the centre crop, channels
 // reversed for BGR, normalised as value * a[c] + b[c]
-__global__ void vertical(const unsigned char* mid, const long long* mid_off, const int* mid_w, const int* row0,
-                         const int* b_off, const int* w_off, const int* ksize, const int* bounds,
-                         const int* weights, const int* top, const int* left, const int* slot, int out_h,
-                         int out_w, int channels, int bgr, const float* a, const float* b, float* out) {
+__global__ void vertical(const long long* args, const unsigned char* mid, int out_h, int out_w, int channels,
+                         int bgr, const float* a, const float* b, float* out) {
     int i = blockIdx.y;
     long long n = (long long)out_h * out_w * channels;
     long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -143,16 +150,18 @@ __global__ void vertical(const unsigned char* mid, const long long* mid_off, con
     int y = (int)((e / out_w) % out_h);
     int c = (int)(e / out_w / out_h);
     int src_c = (channels == 3 && bgr) ? 2 - c : c;
-    int yy = y + top[i], xx = x + left[i];
-    int yb = b_off[i] + yy;
-    int ymin = bounds[2 * yb] - row0[i], ys = bounds[2 * yb + 1];
-    const int* w = weights + w_off[i] + (long long)yy * ksize[i];
-    const unsigned char* m = mid + mid_off[i];
+    int yy = y + (int)A(i, TOP), xx = x + (int)A(i, LEFT);
+    const int* bounds = (const int*)A(i, VB);
+    int ksize = (int)A(i, VK);
+    int ymin = bounds[2 * yy] - (int)A(i, ROW0), ys = bounds[2 * yy + 1];
+    const int* w = (const int*)A(i, VW) + (long long)yy * ksize;
+    const unsigned char* m = mid + A(i, MID_OFF);
+    long long mid_w = A(i, MID_W);
     long long acc = 1LL << 21;
     for (int t = 0; t < ys; ++t)
-        acc += (long long)m[((long long)(ymin + t) * mid_w[i] + xx) * channels + src_c] * w[t];
+        acc += (long long)m[((long long)(ymin + t) * mid_w + xx) * channels + src_c] * w[t];
     float v = (float)clip8(acc);
-    out[(long long)slot[i] * n + e] = __fadd_rn(__fmul_rn(v, a[c]), b[c]);
+    out[A(i, SLOT) * n + e] = __fadd_rn(__fmul_rn(v, a[c]), b[c]);
 }
 }
 """

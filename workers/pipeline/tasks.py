@@ -11,7 +11,8 @@ For a batch:
 * a batch delivered more than ``max_deliveries`` times (its worker keeps dying on it) is
   dead-lettered too, so a batch that crashes the process cannot loop forever (workers/pipeline/batch.py);
 * a batch that outlives ``task_hard_time_limit_s`` has its process killed by Celery and is
-  failed from the main process with ``TimeLimitError`` (``BatchTaskBase.on_failure``).
+  failed from the main process with ``TimeLimitError`` (``BatchTaskBase.on_failure``); with thread
+  slots the worker's watchdog does both (workers/process/watchdog.py).
 
 Calibration and conversion jobs follow the same policy (workers/pipeline/jobs.py).
 """
@@ -19,6 +20,7 @@ Calibration and conversion jobs follow the same policy (workers/pipeline/jobs.py
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import Celery, Task, shared_task
@@ -61,6 +63,7 @@ def infer(task_self: Task, message: dict[str, Any]) -> dict[str, Any]:
     except DecodeError as exc:
         log.error("dropping undecodable batch message: %s", exc)
         return {"skipped": "undecodable"}
+    ctx.running = (time.monotonic(), task)
     try:
         return vars(run_batch(ctx, task))
     except JobError as exc:
@@ -74,6 +77,8 @@ def infer(task_self: Task, message: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:
         ctx.publish_state(last_error=f"{type(exc).__name__}: {exc}"[:500], current_batch=None)
         return retry_or_dead_letter(task_self, ctx, task, exc)
+    finally:
+        ctx.running = None
 
 
 def retry_or_dead_letter(task_self: Task, ctx: context.SlotContext, task: BatchTask, exc: Exception

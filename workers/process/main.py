@@ -85,7 +85,8 @@ def build_identity(settings: Settings, args: argparse.Namespace) -> WorkerIdenti
                           overlap_decode=overlap(settings.overlap_decode, gpu, threads, decode_threads),
                           predictor_threads=predictor_threads, shared_device=gpu or slots == 1,
                           capabilities=caps, queues=tuple(queues), node=node, lock_path=str(lock),
-                          warm=tuple(args.warm or ()), start_id=uuid.uuid4().hex[:12])
+                          warm=tuple(args.warm or ()), start_id=uuid.uuid4().hex[:12],
+                          thread_slots=thread_slots(settings.slot_pool, gpu))
 
 
 def gpu_decode(setting: str, gpu: bool, node: NodeInfo) -> bool:
@@ -112,6 +113,17 @@ def overlap(setting: str, gpu: bool, threads: int, decode_threads: int) -> bool:
     if setting != "auto":
         return setting == "on"
     return gpu or threads + decode_threads <= (os.cpu_count() or 1)
+
+
+def thread_slots(setting: str, gpu: bool) -> bool:
+    """Slots as threads of one process (Celery's threads pool) or as pool processes? Threads on GPU
+    workers: one CUDA context, so one slot's decode kernels and copies overlap another's inference
+    on the device (separate processes' work is time-sliced by the driver, never concurrent).
+    Processes on CPU workers: each slot owns its cores, and Pillow and the predictor's Python work
+    never share a GIL."""
+    if setting not in ("auto", "threads", "processes"):
+        raise ConfigError(f"slot_pool must be auto, threads or processes, got {setting!r}")
+    return setting == "threads" or (setting == "auto" and gpu)
 
 
 def start_method(setting: str, device: str) -> str:
@@ -168,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     app.steps["consumer"].add(HeartbeatStep)
     app.steps["worker"].add(WarmGate)
     log.info("worker %s on %s serving %s", ident.name, ident.device_label, ", ".join(ident.queues))
-    worker = app.Worker(hostname=ident.name, pool_cls="prefork", concurrency=ident.slots,
+    worker = app.Worker(hostname=ident.name, pool_cls="threads" if ident.thread_slots else "prefork",
+                        concurrency=ident.slots,
                         queues=list(ident.queues), loglevel=level, optimization="fair",
                         without_heartbeat=True, without_mingle=True, without_gossip=True)
     try:

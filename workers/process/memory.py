@@ -12,6 +12,8 @@ pool process that ran one big batch stayed that big while idle. Here, in each po
 
 A daemon thread does it, never while a task runs: Celery's task signals mark the slot busy under a
 lock the thread holds while it releases, so a task that starts meanwhile waits for it (milliseconds).
+With thread slots one releaser serves all the process's slots and waits until none is busy: Paddle's
+release touches every predictor of the process.
 """
 
 from __future__ import annotations
@@ -39,13 +41,13 @@ def malloc_trim() -> bool:
 
 
 class IdleMemory:
-    """The releaser of one pool process (one slot)."""
+    """The releaser of one pool process: its slot, or all its thread slots."""
 
-    def __init__(self, ctx: SlotContext, release_after_s: float, evict_after_s: float) -> None:
-        self.ctx = ctx
+    def __init__(self, ctx: SlotContext | list[SlotContext], release_after_s: float, evict_after_s: float) -> None:
+        self.slots = ctx if isinstance(ctx, list) else [ctx]
         self.release_after_s, self.evict_after_s = release_after_s, evict_after_s
         self._lock = threading.Lock()
-        self._busy = False
+        self._busy = 0  # tasks running
         self._idle_since = time.monotonic()
         self._done: set[str] = set()  # what was done since the last batch: "released", "evicted"
         self._stop = threading.Event()
@@ -65,13 +67,14 @@ class IdleMemory:
 
     def busy(self) -> None:
         with self._lock:
-            self._busy = True
+            self._busy += 1
 
     def idle(self) -> None:
         with self._lock:
-            self._busy = False
-            self._idle_since = time.monotonic()
-            self._done.clear()
+            self._busy = max(0, self._busy - 1)
+            if not self._busy:
+                self._idle_since = time.monotonic()
+                self._done.clear()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.poll_s):
@@ -98,27 +101,35 @@ class IdleMemory:
         n = paddle_engine.release_memory() if paddle_engine is not None else 0
         malloc_trim()
         self._done.add("released")
-        log.info("slot %d idle %.0fs: released the memory of %d predictor(s)", self.ctx.slot, idle_s, n)
+        log.info("%s idle %.0fs: released the memory of %d predictor(s)", self._which, idle_s, n)
         return "released"
 
     def _evict(self, idle_s: float) -> str:
-        loaded = len(self.ctx.predictors.loaded())
-        self.ctx.predictors.close()
+        loaded = 0
+        for ctx in self.slots:
+            n = len(ctx.predictors.loaded())
+            ctx.predictors.close()
+            if n:
+                ctx.publish_state()  # the fleet view lists the slot's predictors
+            loaded += n
         malloc_trim()
         self._done.update(("released", "evicted"))
-        if loaded:
-            self.ctx.publish_state()  # the fleet view lists the slot's predictors
-        log.info("slot %d idle %.0fs: dropped %d predictor(s)", self.ctx.slot, idle_s, loaded)
+        log.info("%s idle %.0fs: dropped %d predictor(s)", self._which, idle_s, loaded)
         return "evicted"
+
+    @property
+    def _which(self) -> str:
+        return "slot(s) " + ", ".join(str(ctx.slot) for ctx in self.slots)
 
 
 _current: IdleMemory | None = None
 
 
-def install(ctx: SlotContext) -> IdleMemory:
-    """Start this pool process's releaser (workers/process/runtime.py, once the slot exists)."""
+def install(ctx: SlotContext | list[SlotContext]) -> IdleMemory:
+    """Start this pool process's releaser (workers/process/runtime.py, once its slots exist)."""
     global _current
-    _current = IdleMemory(ctx, ctx.settings.idle_release_s, ctx.settings.predictor_idle_evict_s)
+    settings = (ctx[0] if isinstance(ctx, list) else ctx).settings
+    _current = IdleMemory(ctx, settings.idle_release_s, settings.predictor_idle_evict_s)
     _current.start()
     return _current
 

@@ -2,7 +2,9 @@
 
 The main process calls ``configure`` before the pool starts; each pool process builds its
 ``SlotContext`` (workers/pipeline/context.py) in ``worker_process_init`` - the first moment an
-engine may load - and warms the predictors named by ``--warm`` before it takes a batch.
+engine may load - and warms the predictors named by ``--warm`` before it takes a batch. With thread
+slots the worker process builds every slot's context itself (``start_thread_slots``, from the
+``WarmGate`` step, before the consumer starts) and a watchdog stands in for Celery's hard time limit.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import signal
 import time
 from typing import Any
 
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
 
 from common.config import Settings
 from workers.pipeline import context
 from workers.pipeline.context import IDENTITY_ENV, WorkerIdentity, make_slot_context
 from workers.process import memory
+from workers.process.watchdog import Watchdog
 
 log = logging.getLogger("trtbatch.runtime")
 
@@ -40,6 +43,21 @@ def _observer() -> context.SlotObserver | None:
     from workers.process import metrics
 
     return metrics.observer(context.configured()[1].name)
+
+
+def start_slot(settings: Settings, identity: WorkerIdentity, slot: int) -> context.SlotContext:
+    """One slot's context, published as warming, warmed (``--warm``), then ready."""
+    ctx = make_slot_context(settings, identity, slot, _observer())
+    # current_batch=None: a pool process replacing one that died mid-batch must not show its batch
+    ctx.publish_state(state="warming" if identity.warm else "ready", started_s=time.time(),
+                      start_id=identity.start_id, current_batch=None)
+    if identity.warm:
+        from workers.process.warm import warm_all
+
+        warm_all(ctx, identity.warm)
+    ctx.publish_state(state="ready", ready_s=time.time())
+    log.info("slot %d ready (pid %d)", ctx.slot, os.getpid())
+    return ctx
 
 
 @worker_process_init.connect
@@ -64,18 +82,38 @@ def _init_child(**_: Any) -> None:
     # run again elsewhere. Set after loading the engines (Paddle installs its own SIGTERM handler). Hard
     # time limits still end a stuck pool process (Celery follows TERM with KILL).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    ctx = make_slot_context(settings, identity, _slot_index(), _observer())
+    ctx = start_slot(settings, identity, _slot_index())
     context.install(ctx)
-    # current_batch=None: a pool process replacing one that died mid-batch must not show its batch
-    ctx.publish_state(state="warming" if identity.warm else "ready", started_s=time.time(),
-                      start_id=identity.start_id, current_batch=None)
-    if identity.warm:
-        from workers.process.warm import warm_all
-
-        warm_all(ctx, identity.warm)
-    ctx.publish_state(state="ready", ready_s=time.time())
     memory.install(ctx)
-    log.info("slot %d ready (pid %d)", ctx.slot, os.getpid())
+
+
+_THREAD_SLOTS: list[context.SlotContext] = []
+
+
+def start_thread_slots() -> list[context.SlotContext]:
+    """Thread slots: every slot's context, built in the worker process and offered to the pool threads."""
+    from workers import engines
+
+    settings, identity = context.configured()
+    celery_sigterm = signal.getsignal(signal.SIGTERM)  # Celery's warm shutdown
+    engines.preload(identity.device, {engine for engine, _, _ in identity.capabilities})
+    for slot in range(identity.slots):
+        ctx = start_slot(settings, identity, slot)
+        _THREAD_SLOTS.append(ctx)
+        context.offer(ctx)
+    # Paddle installs a SIGTERM handler that aborts the process: here that is the worker itself,
+    # whose SIGTERM must stay a warm shutdown (finish the running batches, then exit)
+    signal.signal(signal.SIGTERM, celery_sigterm)
+    memory.install(list(_THREAD_SLOTS))
+    Watchdog(list(_THREAD_SLOTS), settings.task_hard_time_limit_s).start()
+    return list(_THREAD_SLOTS)
+
+
+@worker_shutdown.connect
+def _shutdown_thread_slots(**_: Any) -> None:
+    for ctx in _THREAD_SLOTS:
+        ctx.predictors.close()
+        ctx.pool.shutdown(wait=False, cancel_futures=True)
 
 
 @worker_process_shutdown.connect

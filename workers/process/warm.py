@@ -90,6 +90,10 @@ class WarmGate(bootsteps.StartStopStep):
         from workers.process.heartbeat import HeartbeatStep
 
         HeartbeatStep.ensure_started(state="warming")
+        if ident.thread_slots:  # no pool processes: the slots are built here, in the worker process
+            from workers.process.runtime import start_thread_slots
+
+            start_thread_slots()
         conn = redisconn.client(settings)
         deadline = time.monotonic() + settings.task_hard_time_limit_s
         started = time.monotonic()
