@@ -122,9 +122,9 @@ print(f(Path('/tmp/img'), 512, '500x375')); print(f(Path('/tmp/img'), 64, '1600x
 
 bench() {  # IMAGE_SIZE GPU_DECODE PRECISION PEER [SLOT_POOL [SLOTS]]
   models
-  tb bench -m resnet50 -e onnxruntime -p "$3" -b 128 -d gpu:0 --slots "${6:-4}" --slot-pool "${5:-auto}" \
+  tb bench -m resnet50 -e onnxruntime -p "$3" -b 128 -d gpu:0 -t 16 --slots "${6:-4}" --slot-pool "${5:-auto}" \
     --image-size "$1" --gpu-decode "$2" --peer "$4" --peer-images 8192 -n 16384 --naive-images 0 --bare-seconds 5 \
-    -o "$out/bench.jsonl" >"$out/bench-$1-$2-$3-${5:-auto}.log" 2>&1 || tail -30 "$out/bench-$1-$2-$3-${5:-auto}.log"
+    -o "$out/bench.jsonl" >"$out/bench-$1-$2-$3-${5:-auto}-${6:-4}.log" 2>&1 || tail -30 "$out/bench-$1-$2-$3-${5:-auto}-${6:-4}.log"
   tail -1 "$out/bench.jsonl" | cut -c1-1500
 }
 
@@ -139,9 +139,10 @@ kill_test() {
 case $step in
   fleet) fleet ;;
   verify) verify ;;
-  bench-photo) bench 500x375 on fp16 ray threads; bench 500x375 on fp16 none processes ;;
+  bench-photo) bench 500x375 on fp16 ray threads 4; bench 500x375 on fp16 none threads 6 ;;
   bench-small) bench 256 on fp16 ray threads; bench 256 off fp16 none threads ;;
   bench-pillow) bench 500x375 off fp16 none threads ;;
+  bench-processes) bench 500x375 on fp16 none processes ;;
   bench-fp32) bench 500x375 on fp32 none threads ;;
   kill) kill_test ;;
   *) echo "unknown step $step" >&2; exit 2 ;;

@@ -19,8 +19,8 @@ def batch_stats(client: Client, job_id: str, e2e_ms_per_batch: float) -> dict[st
     """Per-batch pipeline timings from the worker's records (ms; ``BatchTimings``, common/schemas.py).
 
     * device idle: time between consecutive predictor runs on the device;
-    * delivery gap (per slot): postprocessing done -> next batch started: result write, Celery ack,
-      next message;
+    * delivery gap (per slot: pid and slot number): postprocessing done -> next batch started: result
+      write, Celery ack, next message;
     * queue overhead per batch: on a shared device (GPU), end-to-end time per batch minus what the
       device must do anyway - predictor run, plus decoding when it happens under the device lock -
       i.e. what Redis, Celery and the producer add to the critical path; on a CPU worker whose slots
@@ -35,10 +35,10 @@ def batch_stats(client: Client, job_id: str, e2e_ms_per_batch: float) -> dict[st
                            "postprocess_ms": mean(1000 * (r.postprocessed_s - r.infer_end_s) for r in rows)}
     idle = [1000 * max(0.0, b.infer_start_s - a.infer_end_s) for a, b in itertools.pairwise(rows)]
     out["device_idle_ms_per_batch"] = mean(idle) if idle else 0.0
-    by_pid: dict[int, list[BatchTimings]] = {}
+    by_slot: dict[tuple[int, int], list[BatchTimings]] = {}
     for r in rows:
-        by_pid.setdefault(r.pid, []).append(r)
-    gaps = [1000 * (b.started_s - a.postprocessed_s) for runs in by_pid.values()
+        by_slot.setdefault((r.pid, r.slot), []).append(r)
+    gaps = [1000 * (b.started_s - a.postprocessed_s) for runs in by_slot.values()
             for a, b in itertools.pairwise(sorted(runs, key=lambda r: r.started_s))]
     out["delivery_gap_ms"] = statistics.median(gaps) if gaps else 0.0
     mode = rows[0].mode

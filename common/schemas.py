@@ -416,6 +416,8 @@ class BatchTimings:
     h2d_bytes: int = 0
     #: images of the batch decoded on the GPU (the rest went the Pillow path)
     gpu_decoded: int = 0
+    #: the slot that ran it (thread slots share one pid)
+    slot: int = 0
     schema: int = SCHEMA_VERSION
 
     def encode(self) -> str:

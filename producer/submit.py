@@ -1,7 +1,8 @@
 """Submit a job: resolve the model, stream inputs into claim-check batches, enqueue, resume.
 
 Each batch's image bytes go to Redis under ``trtbatch:payload:<job>:<batch>`` (pipelined,
-``BATCHES_PER_ROUND_TRIP`` at a time) and its Celery message carries only keys. At most
+``BATCHES_PER_ROUND_TRIP`` at a time, by a sending thread while the next batches' files are read)
+and its Celery message carries only keys. At most
 ``max_inflight_batches`` batches are queued but unfinished at any moment (backpressure), so a
 job of a million images needs bounded memory in the producer, in Redis and in workers. The
 input walk is deterministic and the producer records a cursor after every round trip, so
@@ -17,6 +18,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
 
 from common import catalog, closeout, keys, routing
@@ -222,14 +224,17 @@ def _send_all(client: Client, job_id: str, opts: SubmitOptions, plan: Plan, skip
               start_index: int, on_batch: Callable[[int], None] | None) -> None:
     sender = _Sender(client, job_id, opts, plan, skip_batches, start_index)
     index = 0
-    for batch_no, chunk in enumerate(_chunks(iter_inputs(opts.paths), plan.batch_size)):
-        if batch_no >= skip_batches:
-            if sender.add(batch_no, index, chunk) and client.store.job_state(job_id) in TERMINAL_STATES:
-                break  # cancelled, or failed as unservable: stop sending
-            if on_batch:
-                on_batch(len(chunk))
-        index += len(chunk)
-    sender.flush()
+    try:
+        for batch_no, chunk in enumerate(_chunks(iter_inputs(opts.paths), plan.batch_size)):
+            if batch_no >= skip_batches:
+                if sender.add(batch_no, index, chunk) and client.store.job_state(job_id) in TERMINAL_STATES:
+                    break  # cancelled, or failed as unservable: stop sending
+                if on_batch:
+                    on_batch(len(chunk))
+            index += len(chunk)
+        sender.flush()
+    finally:
+        sender.close()  # no round trip outlives this call (a refused job may be deleted next)
     state = client.store.mark_submitted(job_id, sender.sent_images, sender.sent_batches)
     error = client.store.record(job_id).error
     if state == "cancelled":  # ended while we sent: close out what was sent since
@@ -242,7 +247,9 @@ def _send_all(client: Client, job_id: str, opts: SubmitOptions, plan: Plan, skip
 
 
 class _Sender:
-    """Groups batches into pipelined round trips, with backpressure and a resume cursor."""
+    """Groups batches into pipelined round trips, with backpressure and a resume cursor. One round
+    trip at a time is in flight, on a sending thread, while the caller reads the next batches' files:
+    batches still reach Redis in order, and the cursor never gets ahead of what Redis holds."""
 
     def __init__(self, client: Client, job_id: str, opts: SubmitOptions, plan: Plan, sent_batches: int,
                  sent_images: int) -> None:
@@ -252,35 +259,54 @@ class _Sender:
         self.sent_images = sent_images
         self.max_inflight = client.settings.max_inflight_batches * plan.batch_size
         self._checked_s = 0.0
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="submit-send")
+        self._sending: Future[None] | None = None
 
     def add(self, batch_no: int, start: int, chunk: list[InputItem]) -> bool:
-        """Queue one batch; returns True when a round trip was made."""
+        """Queue one batch; returns True when a round trip was started."""
         self.pending.append((batch_no, start, _payload(chunk, start, self.client.settings.max_file_bytes)))
         if len(self.pending) >= BATCHES_PER_ROUND_TRIP:
-            self.flush()
+            self._start()
             return True
         return False
 
     def flush(self) -> None:
-        if not self.pending:
-            return
+        """Send what is queued and wait until every round trip is done (errors surface here)."""
+        self._start()
+        self._join()
+
+    def close(self) -> None:
+        """Wait for a round trip still in flight (one the caller's error cut short) and end the thread."""
+        self._io.shutdown(wait=True)
+
+    def _start(self) -> None:
+        self._join()
+        if self.pending:
+            batches, self.pending = self.pending, []
+            self._sending = self._io.submit(self._send, batches)
+
+    def _join(self) -> None:
+        if self._sending is not None:
+            sending, self._sending = self._sending, None
+            sending.result()
+
+    def _send(self, batches: list[tuple[int, int, BatchPayload]]) -> None:
         self._wait_for_room()
         ttl = self.client.settings.payload_ttl_s
         pipe = self.client.conn.pipeline(transaction=False)
-        for batch_no, _, payload in self.pending:
+        for batch_no, _, payload in batches:
             pipe.set(keys.payload(self.job_id, batch_no), payload.encode(), ex=ttl)
         pipe.execute()
         with self.client.app.producer_or_acquire() as producer:
-            for batch_no, start, payload in self.pending:
+            for batch_no, start, payload in batches:
                 self.client.app.send_task(INFER_TASK, args=[self._task(batch_no, start, payload).encode()],
                                           queue=self.plan.queue, producer=producer)
-        last_no, last_start, last_payload = self.pending[-1]
-        n = sum(len(p.items) for _, _, p in self.pending)
+        last_no, last_start, last_payload = batches[-1]
+        n = sum(len(p.items) for _, _, p in batches)
+        self.client.store.note_enqueued(self.job_id, n, {"batches": last_no + 1,
+                                                         "images": last_start + len(last_payload.items)})
         self.sent_batches = last_no + 1
         self.sent_images = last_start + len(last_payload.items)
-        self.client.store.note_enqueued(self.job_id, n, {"batches": self.sent_batches,
-                                                         "images": self.sent_images})
-        self.pending = []
 
     def _task(self, batch_no: int, start: int, payload: BatchPayload) -> BatchTask:
         r = self.plan.resolved

@@ -96,7 +96,8 @@ def geometry(pre: Preprocess, height: int, width: int) -> tuple[tuple[int, int],
 
 
 class GpuDecoder:
-    """One per pipeline slot and model preprocessing (the kernels, decoder, stream and tables are reused)."""
+    """One per model preprocessing and pipeline slot - or per process, shared by thread slots: its
+    batches are decoded one at a time (the kernels, decoder, stream and tables are reused)."""
 
     def __init__(self, pre: Preprocessor, device_id: int = 0, cpu_threads: int = 0) -> None:
         import cupy
@@ -125,6 +126,7 @@ class GpuDecoder:
         #: the last batch's decoded images, whose buffers take the next one (None: this version cannot)
         self._reuse: list[Any] | None = []
         self._mid: Any = None
+        self._lock = threading.Lock()
 
     def _route(self, item: PayloadItem) -> str:
         if item.error:
@@ -133,6 +135,10 @@ class GpuDecoder:
 
     def decode(self, items: list[PayloadItem], cpu_decode) -> GpuBatch:
         """``cpu_decode(items) -> (host buffer, decoded)``: the Pillow path for the items it is handed."""
+        with self._lock:
+            return self._decode(items, cpu_decode)
+
+    def _decode(self, items: list[PayloadItem], cpu_decode) -> GpuBatch:
         cp = self.cp
         routes = [self._route(it) for it in items]
         gpu_idx = [i for i, r in enumerate(routes) if r == GPU]
