@@ -41,6 +41,7 @@ class BenchOptions:
     peer: str = "none"
     peer_images: int = 0  # 0: as many as ours
     slot_pool: str = "auto"
+    engine_stream: str = "default"
 
     @property
     def gpu(self) -> bool:
@@ -98,6 +99,7 @@ class BenchEnv:
         env["TRTBATCH_OVERLAP_DECODE"] = opts.overlap_decode
         env["TRTBATCH_GPU_DECODE"] = opts.gpu_decode
         env["TRTBATCH_SLOT_POOL"] = opts.slot_pool
+        env["TRTBATCH_GPU_ENGINE_STREAM"] = opts.engine_stream
         if kind == "gpu":
             index = opts.device.split(":", 1)[1] if ":" in opts.device else "0"
             cmd += ["--gpu-index", index]

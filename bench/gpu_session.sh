@@ -120,9 +120,24 @@ print(f(Path('/tmp/img'), 512, '500x375')); print(f(Path('/tmp/img'), 64, '1600x
   cut -c1-400 "$chk"
 }
 
+probe() {  # where the GPU decoder's time goes beside inference (.probe/t4.py, carried to /tmp/probe)
+  models
+  python3 /tmp/probe/t4.py 2>&1 | grep -v "nvjpeg2k\|nvtiff\|nvJPEG2000\|nvTIFF\|Note:\|plugin EP" | tee "$out/probe.txt"
+  python3 - "$out/probe.txt" >"$out/engine_stream" <<'EOP'
+import re, sys
+text = open(sys.argv[1]).read()
+got = {own: float(ms) for own, ms in re.findall(r"\[own_stream=(\w+)\] decode beside inference ms ([\d.]+)", text)}
+print("own" if got.get("True", 1e9) < 0.8 * got.get("False", 0) else "default")
+EOP
+  echo "engine stream: $(cat "$out/engine_stream")"
+}
+
 bench() {  # IMAGE_SIZE GPU_DECODE PRECISION PEER [SLOT_POOL [SLOTS]]
   models
+  local es=default
+  [ -f "$out/engine_stream" ] && es=$(cat "$out/engine_stream")
   tb bench -m resnet50 -e onnxruntime -p "$3" -b 128 -d gpu:0 -t 16 --slots "${6:-4}" --slot-pool "${5:-auto}" \
+    --engine-stream "$es" \
     --image-size "$1" --gpu-decode "$2" --peer "$4" --peer-images 8192 -n 16384 --naive-images 0 --bare-seconds 5 \
     -o "$out/bench.jsonl" >"$out/bench-$1-$2-$3-${5:-auto}-${6:-4}.log" 2>&1 || tail -30 "$out/bench-$1-$2-$3-${5:-auto}-${6:-4}.log"
   tail -1 "$out/bench.jsonl" | cut -c1-1500
@@ -139,6 +154,7 @@ kill_test() {
 case $step in
   fleet) fleet ;;
   verify) verify ;;
+  probe) probe ;;
   bench-photo) bench 500x375 on fp16 ray threads 4; bench 500x375 on fp16 none threads 6 ;;
   bench-small) bench 256 on fp16 ray threads; bench 256 off fp16 none threads ;;
   bench-pillow) bench 500x375 off fp16 none threads ;;

@@ -92,7 +92,8 @@ def ray_data(opts: BenchOptions, client: Client, resolved: catalog.Resolved, fol
         for threads in sorted({opts.threads, 1}, reverse=True) if not opts.gpu else [opts.threads]:
             spec = build_spec(manifest, vid, node, "gpu" if opts.gpu else "cpu", backend,  # type: ignore[arg-type]
                               opts.precision, opts.batch_size, resolved.int8_source,  # type: ignore[arg-type]
-                              cpu_threads=threads, engine=engine)  # type: ignore[arg-type]
+                              cpu_threads=threads, engine=engine,  # type: ignore[arg-type]
+                              own_stream=opts.engine_stream == "own")
             stages = RayStages(ray, spec, manifest, model_dir, client.settings.cache_dir,
                                client.settings.max_image_pixels, opts.batch_size, opts.gpu, cpus)
             tried.append({"predictor_threads": threads, **_marginal_rate(stages.run, files, opts.batch_size),

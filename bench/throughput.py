@@ -51,7 +51,8 @@ def _predictor(opts: BenchOptions, client: Client, resolved: catalog.Resolved):
     model_dir = client.artifacts.materialize(vid, client.settings.cache_dir)
     spec = build_spec(client.artifacts.manifest(vid), vid, detect(gpu=opts.gpu), "gpu" if opts.gpu else "cpu",
                       backend, opts.precision, opts.batch_size, resolved.int8_source, cpu_threads=opts.threads,  # type: ignore[arg-type]
-                      gpu_memory_pool_mb=client.settings.gpu_memory_pool_mb, engine=engine)  # type: ignore[arg-type]
+                      gpu_memory_pool_mb=client.settings.gpu_memory_pool_mb, engine=engine,  # type: ignore[arg-type]
+                      own_stream=opts.engine_stream == "own")
     return engines.build(spec, model_dir, client.settings.cache_dir / "engines" / spec.engine_cache_name())
 
 
@@ -250,7 +251,7 @@ def report(opts: BenchOptions, out: dict[str, Any]) -> dict[str, Any]:
         "bench": "throughput", "model": opts.model, "engine": opts.engine, "precision": opts.precision,
         "backend": opts.backend, "batch_size": opts.batch_size, "device": opts.device, "gpu": gpu,
         "threads": opts.threads, "slots": opts.slots, "overlap_decode": opts.overlap_decode,
-        "slot_pool": opts.slot_pool,
+        "slot_pool": opts.slot_pool, "engine_stream": opts.engine_stream,
         "gpu_decode": opts.gpu_decode, "image_size": opts.sizes, "cpu_count": os.cpu_count(), "versions": _versions(),
         "bare_images_per_s": round(a["images_per_s"], 2), "e2e_images_per_s": round(b["images_per_s"], 2),
         "ratio_e2e_over_bare": round(b["images_per_s"] / a["images_per_s"], 4),

@@ -24,6 +24,9 @@ from cli.util import Context, pass_ctx
               help="Decode the next batch while one runs (worker setting overlap_decode).")
 @click.option("--slot-pool", type=click.Choice(["auto", "threads", "processes"]), default="auto", show_default=True,
               help="Slots as threads of one worker process or as pool processes (worker setting slot_pool).")
+@click.option("--engine-stream", type=click.Choice(["default", "own"]), default="default", show_default=True,
+              help="GPU: ONNX Runtime on its default streams or on a stream of each predictor's own "
+                   "(worker setting gpu_engine_stream).")
 @click.option("-n", "--images", type=click.IntRange(min=16), default=960, show_default=True,
               help="End-to-end images (a long job shows the steady rate, not start-up).")
 @click.option("--naive-images", type=click.IntRange(min=0), default=160, show_default=True,
@@ -44,7 +47,8 @@ from cli.util import Context, pass_ctx
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also append the JSON line to this file.")
 @pass_ctx
 def bench(ctx: Context, model: str, precision: str, batch_size: int, device: str, threads: int,
-          decode_threads: int, slots: int, overlap_decode: str, slot_pool: str, images: int, naive_images: int,
+          decode_threads: int, slots: int, overlap_decode: str, slot_pool: str, engine_stream: str, images: int,
+          naive_images: int,
           image_size: str, engine: str, gpu_decode: str, peer: str, peer_images: int, bare_seconds: float,
           output: str | None) -> None:
     """Measure bare predictor, end-to-end and naive-baseline images/s in one run; print one JSON line."""
@@ -61,7 +65,8 @@ def bench(ctx: Context, model: str, precision: str, batch_size: int, device: str
     opts = BenchOptions(model=model, precision=precision, batch_size=batch_size, device=device, threads=threads,
                         decode_threads=decode_threads, slots=slots, overlap_decode=overlap_decode, images=images,
                         naive_images=naive_images, image_size=image_size, bare_seconds=bare_seconds, engine=engine,
-                        gpu_decode=gpu_decode, peer=peer, peer_images=peer_images, slot_pool=slot_pool)
+                        gpu_decode=gpu_decode, peer=peer, peer_images=peer_images, slot_pool=slot_pool,
+                        engine_stream=engine_stream)
     emit_json_line(run(opts, ctx.settings), output)
 
 

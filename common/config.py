@@ -81,6 +81,8 @@ class Settings:
     #: GPU workers: decode JPEGs on the GPU (nvImageCodec + CuPy) for engines that take device batches:
     #: auto (when the libraries load), on (refuse to start without them), off (always Pillow)
     gpu_decode: str = "auto"
+    #: ONNX Runtime's CUDA EP on a stream of each predictor's own ("own") or on its default streams ("default")
+    gpu_engine_stream: str = "default"
     decode_threads: int = 0
     cpu_threads: int = 0
     gpu_memory_pool_mb: int = 1024

@@ -67,6 +67,9 @@ class OrtSettings:
     trt_int8: bool = False
     trt_calibration_table: bool = False
     trt: TrtSettings | None = None
+    #: CUDA EP: run on a stream of the predictor's own (non-blocking, copies off the legacy default
+    #: stream), so the engine never waits on - nor holds up - other work on the GPU (setting gpu_engine_stream)
+    own_stream: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,8 @@ def resolve_int8_source(manifest: ModelManifest, requested: str | None) -> str:
 
 def build_spec(manifest: ModelManifest, version_id: str, node: NodeInfo, device: Device, backend: Backend,
                precision: Precision, batch_size: int, int8_source: str | None = None, cpu_threads: int = 1,
-               gpu_id: int = 0, gpu_memory_pool_mb: int = 1024, engine: Engine = "paddle") -> PredictorSpec:
+               gpu_id: int = 0, gpu_memory_pool_mb: int = 1024, engine: Engine = "paddle",
+               own_stream: bool = False) -> PredictorSpec:
     if (engine, backend, precision) not in node.capabilities(device):
         raise PrecisionUnsupportedError(f"cannot build a {engine} {backend}/{precision} predictor here: "
                                         f"{node.why_not(engine, backend, precision)}")
@@ -175,7 +179,8 @@ def build_spec(manifest: ModelManifest, version_id: str, node: NodeInfo, device:
                          gpu_memory_pool_mb=gpu_memory_pool_mb, node=_node_tags(node, device, engine),
                          input_shape=tuple(manifest.input.shape))
     if engine == "onnxruntime":
-        return replace(spec, ort=_ort_settings(manifest, backend, precision, batch_size, source, cpu_threads))
+        ort = _ort_settings(manifest, backend, precision, batch_size, source, cpu_threads)
+        return replace(spec, ort=replace(ort, own_stream=own_stream and ort.provider == CUDA_EP))
     if backend == "trt":
         spec = replace(spec, trt=_trt_settings(manifest, precision, batch_size, source))
     return spec

@@ -49,12 +49,24 @@ def _session_options(ort: ModuleType, args: SessionArgs) -> Any:
     return so
 
 
-def make_session(spec: PredictorSpec, model_dir: Path, opt_cache_dir: Path) -> Any:
+def own_stream(args: SessionArgs) -> Any:
+    """A non-blocking CUDA stream for the session's CUDA EP (kept alive by the predictor), or None."""
+    import cupy
+
+    stream = cupy.cuda.Stream(non_blocking=True)
+    name, opts = args.providers[0]
+    args.providers[0] = (name, {**opts, "user_compute_stream": str(stream.ptr), "do_copy_in_default_stream": "0"})
+    return stream
+
+
+def make_session(spec: PredictorSpec, model_dir: Path, opt_cache_dir: Path) -> tuple[Any, Any]:
+    """The session, and the stream of its own it runs on (or None)."""
     ort = onnxruntime(spec.device == "gpu")
     opt_cache_dir.mkdir(parents=True, exist_ok=True)
     integer_check = spec.precision == "int8" and spec.ort is not None and spec.ort.provider == CPU_EP
     optimized = opt_cache_dir / "optimized.onnx" if integer_check else None
     args = session_args(spec, opt_cache_dir, optimized)
+    stream = own_stream(args) if spec.ort is not None and spec.ort.own_stream else None
     what = f"onnxruntime {spec.backend}/{spec.precision} predictor for {spec.version_id}"
     try:
         session = ort.InferenceSession(str(model_dir / ONNX_FILE), _session_options(ort, args),
@@ -69,7 +81,7 @@ def make_session(spec: PredictorSpec, model_dir: Path, opt_cache_dir: Path) -> A
             f"{', '.join(session.get_providers())}); check its CUDA / cuDNN / TensorRT libraries")
     if optimized is not None:
         _check_integer_kernels(optimized, what)
-    return session
+    return session, stream
 
 
 def _check_integer_kernels(optimized: Path, what: str) -> None:
@@ -84,7 +96,7 @@ class OrtPredictor(Predictor):
     def __init__(self, spec: PredictorSpec, model_dir: Path, opt_cache_dir: Path) -> None:
         self.spec, self.model_dir, self.opt_cache_dir = spec, model_dir, opt_cache_dir
         started = time.perf_counter()
-        self._session = make_session(spec, model_dir, opt_cache_dir)
+        self._session, self._stream = make_session(spec, model_dir, opt_cache_dir)
         self.build_s = time.perf_counter() - started
         inputs = self._session.get_inputs()
         self.input_names = [i.name for i in inputs]

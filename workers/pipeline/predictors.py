@@ -66,7 +66,8 @@ def predictor_for_spec(ctx: SlotContext, version_id: str, manifest: ModelManifes
                                                     int8_source)
     spec = build_spec(manifest, artifact, ctx.identity.node, ctx.identity.device, backend, precision,
                       batch_size, int8_source, cpu_threads=ctx.identity.predictor_threads,
-                      gpu_memory_pool_mb=ctx.settings.gpu_memory_pool_mb, engine=engine)
+                      gpu_memory_pool_mb=ctx.settings.gpu_memory_pool_mb, engine=engine,
+                      own_stream=ctx.settings.gpu_engine_stream == "own")
     opt_dir = ctx.engine_dir(spec.engine_cache_name())
     if spec.int8_source == INT8_TRT_CALIB:
         install_tables(ctx.artifacts, spec, opt_dir)
