@@ -73,9 +73,9 @@ class Settings:
     pipeline_slots: int = 2
     overlap_decode: str = "auto"
     pool_start_method: str = "auto"
-    #: How a worker runs its slots: threads (one process, one CUDA context: the slots' decoding and
-    #: inference overlap on the GPU), processes (a prefork pool; each slot owns its cores), or auto
-    #: (threads on GPU workers, processes on CPU workers)
+    #: How a worker runs its slots: processes (a prefork pool; each slot owns its cores and has Celery's
+    #: hard time limit) or threads (one process, one CUDA context and GPU decoder for all slots; a
+    #: watchdog enforces the time limit). auto = processes (see workers/process/main.py: thread_slots)
     slot_pool: str = "auto"
     gpu_selftest: str = "enforce"
     #: GPU workers: decode JPEGs on the GPU (nvImageCodec + CuPy) for engines that take device batches:

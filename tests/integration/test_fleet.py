@@ -148,3 +148,33 @@ def test_sigterm_drains_without_losing_or_repeating_work(fleet_env, digits):
     assert sum(v == 2 for v in deliveries.values()) <= 2, deliveries
     workers = {r.worker for r in client.store.iter_results(job_id)}
     assert workers == {"drain-a", "drain-b"}
+
+
+def test_thread_slots_serve_a_job_and_drain_on_sigterm(fleet_env, digits):
+    """slot_pool = threads: two slots in one process (Paddle predictors in threads), each taking
+    batches; SIGTERM mid-job is still a warm shutdown (Paddle's own SIGTERM handler would abort the
+    process), and the job finishes on another worker with every image once."""
+    env, client, tmp = fleet_env
+    proc = launch({**env, "TRTBATCH_SLOT_POOL": "threads"}, tmp, "thr-a", "--slots", "2")
+    worker = wait_for(lambda: ready(client, "thr-a"), 180, "the thread-slot worker")
+    slots = [fleet.slot_state(client.conn, worker.name, i) for i in range(2)]
+    assert all(s is not None and s.state == "ready" for s in slots)
+    assert len({s.pid for s in slots}) == 1  # one process
+    job_id = submit.submit(client, submit.SubmitOptions(paths=(str(digits["labels"]),), model="digits",
+                                                        batch_size=4))
+    wait_for(lambda: client.store.status(job_id).done >= 60, 120, "some progress")
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(120) == 0
+    log = (tmp / "thr-a.log").read_text()
+    assert "Warm shutdown" in log and "Aborted at" not in log, log[-3000:]
+    timings = [BatchTimings.decode(v) for v in client.conn.hvals(keys.job_timings(job_id))]
+    assert {t.slot for t in timings} == {0, 1} and len({t.pid for t in timings}) == 1
+    second = launch(env, tmp, "thr-b")
+    try:
+        final = jobs.wait(client, job_id, timeout_s=300)
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(120)
+    assert final.state == "done" and final.done == 540 and final.failed == 0
+    indices = [r.index for r in client.store.iter_results(job_id)]
+    assert sorted(indices) == list(range(540))

@@ -8,9 +8,8 @@ the device lock that lets slots share one device without running at once, and an
 the process room plugs metrics into. Tasks find it with ``current()``.
 
 With thread slots (``slot_pool = threads``: every slot a thread of one process, so the slots of a
-GPU share one CUDA context and their decoding and inference overlap on the device instead of
-taking turns), the worker builds one context per slot before it consumes, and each pool thread
-takes one for good on its first task.
+GPU share one CUDA context and one JPEG decoder), the worker builds one context per slot before it
+consumes, and each pool thread takes one for good on its first task.
 """
 
 from __future__ import annotations
