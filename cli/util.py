@@ -93,6 +93,9 @@ class Progress:
         # the job's own start (its record's created_s), not this object's: `demo` trains a model and
         # starts a worker in between, which made its rate and elapsed time count the training
         self._started: float | None = None  # time.time() seconds
+        # and its end (finished_s), so the last line's rate is the one `status` gives, not one that
+        # counts the wait's polling interval
+        self._ended: float | None = None
         self._last = 0.0
         self._bar: Any = None
         self._lock = threading.Lock()
@@ -103,6 +106,8 @@ class Progress:
         with self._lock:
             if self._started is None:
                 self._started = st.job.created_s or time.time()
+            if st.terminal and self._ended is None:
+                self._ended = st.job.finished_s or time.time()
             if click._compat.isatty(self.stream):
                 self._draw(st)
             elif time.monotonic() - self._last >= 5 or st.terminal:
@@ -111,7 +116,9 @@ class Progress:
 
     @property
     def elapsed_s(self) -> float:
-        return max(0.0, time.time() - self._started) if self._started is not None else 0.0
+        if self._started is None:
+            return 0.0
+        return max(0.0, (self._ended or time.time()) - self._started)
 
     def _describe(self, st: JobStatus | None) -> str:
         """The text after click's bar: state, failures, rate, elapsed time and ETA."""

@@ -38,8 +38,10 @@ class Resolved:
 def latest_version(artifacts: ArtifactStore, name: str) -> str:
     versions = artifacts.versions(name)
     if not versions:
-        raise ModelError(f"model {name!r} is not published to this Redis; add it with "
-                         f"`trtbatch models add` or `trtbatch models make`, then submit from that machine")
+        known = artifacts.model_names()
+        here = f"published: {', '.join(known[:10])}{', ...' if len(known) > 10 else ''}" if known else "none is"
+        raise ModelError(f"model {name!r} is not published to this Redis ({here}); add it with "
+                         f"`trtbatch models add DIR` or `trtbatch models make`")
     return versions[0]
 
 

@@ -176,6 +176,6 @@ def unservable_reason(workers: list[WorkerInfo], queue: str) -> str | None:
     engine, target, what = routing.parse_queue(queue)
     if what == routing.CALIBRATION_QUEUE_SUFFIX:
         what = "calibration jobs"
-    alive = ", ".join(sorted(w.name for w in workers)) or "no live workers at all"
-    return (f"no live worker can serve queue {queue}: it needs {_need(engine, target, what)}; live: {alive}. "
+    alive = f"live: {', '.join(sorted(w.name for w in workers))}" if workers else "no worker is live at all"
+    return (f"no live worker can serve queue {queue}: it needs {_need(engine, target, what)}; {alive}. "
             f"Start one with `trtbatch worker --device ...` on a suitable node.")

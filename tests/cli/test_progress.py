@@ -63,3 +63,12 @@ def test_failure_reasons_say_when_they_are_a_sample() -> None:
     assert reason_lines({"job cancelled": 200}, 540) == [
         "reasons among a sample of 200 of the 540 failed/cancelled images:", "  200 x job cancelled"]
     assert reason_lines({"a": 2, "b": 1}, 3, limit=1) == ["  2 x a"]  # all counted: no heading
+
+
+def test_the_last_line_rates_the_job_from_its_start_to_its_finish() -> None:
+    out = io.StringIO()
+    progress = Progress(stream=out)
+    job = JobRecord(job_id="job-1", state="done", done=540, n_images=540, n_enqueued=540,  # type: ignore[arg-type]
+                    submit_complete=True, created_s=1000.0, finished_s=1000.5)
+    progress(JobStatus(job=job, n_images=540))  # seen long after it finished: `status` says the same rate
+    assert out.getvalue().strip().endswith("540/540 images, 1080.0 img/s, elapsed 00:01, ETA 00:00")

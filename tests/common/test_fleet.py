@@ -125,7 +125,7 @@ def test_unservable_reason() -> None:
         fleet.unservable_reason([gpu, cpu], "trtbatch.paddle.gpu.fp32"))
     assert "it needs a GPU worker with onnxruntime-gpu (CUDA EP)" in str(
         fleet.unservable_reason([gpu, cpu], "trtbatch.onnxruntime.gpu.fp16"))
-    assert "it needs any worker that serves bf16; live: no live workers at all" in str(
+    assert "it needs any worker that serves bf16; no worker is live at all" in str(
         fleet.unservable_reason([], "trtbatch.any.any.bf16"))
     assert "it needs a CPU worker with Paddle" in str(fleet.unservable_reason([gpu], "trtbatch.paddle.cpu.fp32"))
     assert "live: cpu@node1" in str(fleet.unservable_reason([cpu_worker(state="draining")],

@@ -69,6 +69,17 @@ def ready(client: Client, name: str):
     return next((w for w in client.live_workers() if w.name == name and w.state == "ready"), None)
 
 
+def finish_on(env, tmp_path: Path, client: Client, job_id: str, name: str) -> None:
+    """Start worker ``name``, let it finish the digits job, stop it; the job must be done, all 540 ok."""
+    worker = launch(env, tmp_path, name)
+    try:
+        final = jobs.wait(client, job_id, timeout_s=300)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(120)
+    assert final.state == "done" and final.done == 540 and final.failed == 0
+
+
 def test_warm_start_fleet_view_check_and_expiry(fleet_env, digits):
     env, client, tmp = fleet_env
     port = free_port()
@@ -131,13 +142,7 @@ def test_sigterm_drains_without_losing_or_repeating_work(fleet_env, digits):
     partial = client.store.status(job_id)
     assert 0 < partial.done < 540
     assert all(w.name != "drain-a" for w in fleet.live_workers(client.conn, 4))
-    second = launch(env, tmp, "drain-b")
-    try:
-        final = jobs.wait(client, job_id, timeout_s=300)
-    finally:
-        os.killpg(second.pid, signal.SIGTERM)
-        second.wait(120)
-    assert final.state == "done" and final.done == 540 and final.failed == 0
+    finish_on(env, tmp, client, job_id, "drain-b")
     deliveries = {k.decode(): int(v) for k, v in client.conn.hgetall(keys.job_attempts(job_id)).items()
                   if b":" not in k}
     # Every batch was delivered, and ran once: a second delivery finds its batch written (the payload
@@ -169,12 +174,6 @@ def test_thread_slots_serve_a_job_and_drain_on_sigterm(fleet_env, digits):
     assert "Warm shutdown" in log and "Aborted at" not in log, log[-3000:]
     timings = [BatchTimings.decode(v) for v in client.conn.hvals(keys.job_timings(job_id))]
     assert {t.slot for t in timings} == {0, 1} and len({t.pid for t in timings}) == 1
-    second = launch(env, tmp, "thr-b")
-    try:
-        final = jobs.wait(client, job_id, timeout_s=300)
-    finally:
-        os.killpg(second.pid, signal.SIGTERM)
-        second.wait(120)
-    assert final.state == "done" and final.done == 540 and final.failed == 0
+    finish_on(env, tmp, client, job_id, "thr-b")
     indices = [r.index for r in client.store.iter_results(job_id)]
     assert sorted(indices) == list(range(540))
