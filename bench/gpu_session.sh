@@ -93,10 +93,10 @@ print(f(Path('/tmp/img'), 512, '500x375')); print(f(Path('/tmp/img'), 64, '1600x
     --output "$chk"
 }
 
-verify() {  # a worker with thread slots (the GPU default): digits vs Paddle CPU, the GPU-decode checks
+verify() {  # a worker with thread slots: digits vs Paddle CPU, the GPU-decode checks
   nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv >"$out/gpu.csv"
   models
-  start_worker gpu0 gpu:0 4 || return 1
+  TRTBATCH_SLOT_POOL=threads start_worker gpu0 gpu:0 4 || return 1
   tb workers --json >"$out/workers.json"
   log convert
   tb convert -m resnet50 --wait --json >"$out/convert-resnet50.json" 2>&1
@@ -158,7 +158,7 @@ case $step in
   bench-photo) bench 500x375 on fp16 ray threads 4; bench 500x375 on fp16 none threads 6 ;;
   bench-small) bench 256 on fp16 ray threads; bench 256 off fp16 none threads ;;
   bench-pillow) bench 500x375 off fp16 none threads ;;
-  bench-processes) bench 500x375 on fp16 none processes ;;
+  bench-processes) bench 500x375 on fp16 none processes; bench 500x375 off fp16 none processes ;;
   bench-fp32) bench 500x375 on fp32 none threads ;;
   kill) kill_test ;;
   *) echo "unknown step $step" >&2; exit 2 ;;

@@ -4,7 +4,8 @@ Each batch's image bytes go to Redis under ``trtbatch:payload:<job>:<batch>`` (p
 ``BATCHES_PER_ROUND_TRIP`` at a time, by a sending thread while the next batches' files are read)
 and its Celery message carries only keys. At most
 ``max_inflight_batches`` batches are queued but unfinished at any moment (backpressure), so a
-job of a million images needs bounded memory in the producer, in Redis and in workers. The
+job of a million images needs bounded memory in the producer (two round trips of payloads: one being
+read, one being sent), in Redis and in workers. The
 input walk is deterministic and the producer records a cursor after every round trip, so
 ``submit --resume JOB`` continues an interrupted submission without sending a batch twice
 (and a batch that *was* sent twice is harmless: results are written idempotently).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -224,17 +226,20 @@ def _send_all(client: Client, job_id: str, opts: SubmitOptions, plan: Plan, skip
               start_index: int, on_batch: Callable[[int], None] | None) -> None:
     sender = _Sender(client, job_id, opts, plan, skip_batches, start_index)
     index = 0
+    done = False
     try:
         for batch_no, chunk in enumerate(_chunks(iter_inputs(opts.paths), plan.batch_size)):
             if batch_no >= skip_batches:
-                if sender.add(batch_no, index, chunk) and client.store.job_state(job_id) in TERMINAL_STATES:
+                if sender.add(batch_no, index, chunk) and (
+                        sender.job_ended or client.store.job_state(job_id) in TERMINAL_STATES):
                     break  # cancelled, or failed as unservable: stop sending
                 if on_batch:
                     on_batch(len(chunk))
             index += len(chunk)
         sender.flush()
+        done = True
     finally:
-        sender.close()  # no round trip outlives this call (a refused job may be deleted next)
+        sender.close(stop=not done)  # no round trip outlives this call (a refused job may be deleted next)
     state = client.store.mark_submitted(job_id, sender.sent_images, sender.sent_batches)
     error = client.store.record(job_id).error
     if state == "cancelled":  # ended while we sent: close out what was sent since
@@ -261,6 +266,11 @@ class _Sender:
         self._checked_s = 0.0
         self._io = ThreadPoolExecutor(1, thread_name_prefix="submit-send")
         self._sending: Future[None] | None = None
+        #: set when the caller leaves on an error (Ctrl-C included): a round trip still waiting for room
+        #: gives up instead of being sent after the user stopped
+        self._stop = threading.Event()
+        #: the job ended (cancelled, failed) while a round trip waited for room: nothing more is sent
+        self.job_ended = False
 
     def add(self, batch_no: int, start: int, chunk: list[InputItem]) -> bool:
         """Queue one batch; returns True when a round trip was started."""
@@ -275,8 +285,12 @@ class _Sender:
         self._start()
         self._join()
 
-    def close(self) -> None:
-        """Wait for a round trip still in flight (one the caller's error cut short) and end the thread."""
+    def close(self, stop: bool = False) -> None:
+        """End the sending thread: with ``stop`` (the caller's error cut the submission short) a round
+        trip still waiting for room is dropped; one already writing to Redis is finished either way,
+        so the resume cursor stays true."""
+        if stop:
+            self._stop.set()
         self._io.shutdown(wait=True)
 
     def _start(self) -> None:
@@ -291,7 +305,8 @@ class _Sender:
             sending.result()
 
     def _send(self, batches: list[tuple[int, int, BatchPayload]]) -> None:
-        self._wait_for_room()
+        if not self._wait_for_room():
+            return
         ttl = self.client.settings.payload_ttl_s
         pipe = self.client.conn.pipeline(transaction=False)
         for batch_no, _, payload in batches:
@@ -316,14 +331,20 @@ class _Sender:
                          start_index=start, int8_source=r.int8_source, top_k=self.plan.top_k,
                          include_outputs=self.opts.include_outputs, engine=self.plan.engine)  # type: ignore[arg-type]
 
-    def _wait_for_room(self) -> None:
-        while True:
+    def _wait_for_room(self) -> bool:
+        """Wait until the job has room for more batches; False when nothing more is to be sent (the
+        job ended, or the caller stopped)."""
+        while not self._stop.is_set():
             meta = self.client.conn.hmget(keys.job(self.job_id), "n_enqueued", "done", "failed", "state")
             enqueued, done, failed = (int(x or 0) for x in meta[:3])
-            if enqueued - done - failed < self.max_inflight or (meta[3] or b"").decode() in TERMINAL_STATES:
-                return
+            if (meta[3] or b"").decode() in TERMINAL_STATES:
+                self.job_ended = True
+                return False
+            if enqueued - done - failed < self.max_inflight:
+                return True
             self._check_servable()
-            time.sleep(BACKPRESSURE_POLL_S)
+            self._stop.wait(BACKPRESSURE_POLL_S)
+        return False
 
     def _check_servable(self) -> None:
         """While blocked on a job nobody serves, apply the unservable rule (so this wait ends too)."""

@@ -9,12 +9,14 @@ import shutil
 import socket
 import struct
 import tempfile
+import time
 import zlib
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from common import keys
 from common.config import Settings
 from producer import jobs, submit
 from producer.client import Client
@@ -157,3 +159,29 @@ def test_unreadable_file_is_a_per_image_error(private, digits, tmp_path):
         final, recs = run(env, [tmp_path])
     assert final.done == 3 and final.failed == 1
     assert recs["secret.png"].error == "permission denied" and recs["secret.png"].error_code == "bad_image"
+
+
+def test_ctrl_c_while_the_producer_waits_for_room_stops_at_once_and_sends_nothing_more(private, digits):
+    """No worker, room for one batch: the second round trip waits for room on the sending thread. A
+    Ctrl-C in the producer then ends the submission at once, and what was waiting is never sent."""
+    _, env = private
+    client = Client(Settings.from_env({**env, "TRTBATCH_MAX_INFLIGHT_BATCHES": "1",
+                                       "TRTBATCH_UNSERVABLE_GRACE_S": "3600"}))
+    seen = []
+
+    def on_batch(n: int) -> None:
+        seen.append(n)
+        if len(seen) == 2 * submit.BATCHES_PER_ROUND_TRIP + 1:  # round trip 2 is waiting by now
+            raise KeyboardInterrupt
+    opts = submit.SubmitOptions(paths=(str(digits["labels"]),), model="digits", batch_size=8)
+    started = time.monotonic()
+    job_id = "ctrl-c-while-waiting"
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            submit.submit(client, opts, on_batch=on_batch, job_id=job_id)
+        assert time.monotonic() - started < 20
+        record = client.store.record(job_id)
+        assert record.n_enqueued == 8 * submit.BATCHES_PER_ROUND_TRIP  # the first round trip only
+        assert len(list(client.conn.scan_iter(match=keys.payload(job_id, "*")))) == submit.BATCHES_PER_ROUND_TRIP
+    finally:
+        client.close()

@@ -149,7 +149,8 @@ class SlotContext:
     #: preprocessing (a manifest's table) -> its GPU decoder (workers/pipeline/gpu_decode.py)
     gpu_decoders: dict[Any, Any] = field(default_factory=dict)
     state: SlotState = field(default_factory=SlotState)
-    #: (monotonic start, task) of the batch this slot runs now (the thread slots' watchdog reads it)
+    #: (monotonic start, a BatchTask or the id of a whole job) of what this slot runs now (the thread
+    #: slots' watchdog reads it)
     running: tuple[float, Any] | None = None
 
     @property

@@ -23,6 +23,7 @@ Needs ``nvidia-nvimgcodec-cu13`` (+ ``nvidia-nvjpeg``) and CuPy; ``available()``
 from __future__ import annotations
 
 import importlib.util
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ from common.schemas import PayloadItem
 from workers.pipeline.gpu_route import GPU, preprocess_route, route
 from workers.pipeline.resample import ARG, KERNELS, NARGS, Coeffs, coefficients
 
+log = logging.getLogger("trtbatch.gpu_decode")
 THREADS = 256
 MAX_SIZES = 4096  # input sizes whose tables stay on the device; more and the cache starts over
 _LOCK = threading.Lock()
@@ -127,6 +129,7 @@ class GpuDecoder:
         self._reuse: list[Any] | None = []
         self._mid: Any = None
         self._lock = threading.Lock()
+        self.table_bytes = 0  # coefficient tables sent to the device so far
 
     def _route(self, item: PayloadItem) -> str:
         if item.error:
@@ -134,39 +137,59 @@ class GpuDecoder:
         return route(item.data, self.pre.max_pixels) if self.model_route == GPU else self.model_route
 
     def decode(self, items: list[PayloadItem], cpu_decode) -> GpuBatch:
-        """``cpu_decode(items) -> (host buffer, decoded)``: the Pillow path for the items it is handed."""
-        with self._lock:
-            return self._decode(items, cpu_decode)
+        """``cpu_decode(items) -> (host buffer, decoded)``: the Pillow path for the items it is handed.
 
-    def _decode(self, items: list[PayloadItem], cpu_decode) -> GpuBatch:
-        cp = self.cp
+        Only the GPU's part holds the decoder (shared by thread slots): the images routed to Pillow
+        are decoded before it, the few the GPU decoder refuses after it."""
         routes = [self._route(it) for it in items]
         gpu_idx = [i for i, r in enumerate(routes) if r == GPU]
-        images = self._decode_jpegs([items[i].data for i in gpu_idx]) if gpu_idx else []
-        decoded_gpu = {i: img for i, img in zip(gpu_idx, images, strict=True) if img is not None}
-        cpu_idx = [i for i in range(len(items)) if i not in decoded_gpu]
-        host, cpu_decoded = cpu_decode([items[i] for i in cpu_idx]) if cpu_idx else (None, [])
+        routed_idx = [i for i, r in enumerate(routes) if r != GPU]
         decoded: list[tuple[str, ...] | ImageError] = [()] * len(items)
-        for n, i in enumerate(cpu_idx):
-            decoded[i] = cpu_decoded[n]
-        good = [i for i in range(len(items)) if not isinstance(decoded[i], ImageError)]
-        slot = {i: n for n, i in enumerate(good)}
-        h2d = sum(len(items[i].data or b"") for i in decoded_gpu)  # the encoded bytes, to the decoder
-        with self.stream:
-            tensor = cp.empty((len(good), *self.chw), cp.float32)
-            if decoded_gpu:
-                h2d += self._preprocess(decoded_gpu, slot, tensor)
-            pillow = [n for n, i in enumerate(cpu_idx) if i in slot]
-            if pillow:  # the Pillow path's rows: one copy, then into their places
-                rows = host[pillow] if len(pillow) < len(host) else host
-                tensor[cp.asarray([slot[cpu_idx[n]] for n in pillow])] = cp.asarray(rows)
-                h2d += rows.nbytes
-        self.stream.synchronize()  # the engine runs on its own stream
+        host = self._pillow(items, routed_idx, cpu_decode, decoded)
+        with self._lock:
+            images = self._decode_jpegs([items[i].data for i in gpu_idx]) if gpu_idx else []
+            on_gpu = {i: img for i, img in zip(gpu_idx, images, strict=True) if img is not None}
+            refused = [i for i in gpu_idx if i not in on_gpu]
+            if refused:  # rare: decoded by Pillow while the GPU's images wait in their buffers
+                host.update(self._pillow(items, refused, cpu_decode, decoded))
+            good = [i for i in range(len(items)) if not isinstance(decoded[i], ImageError)]
+            tensor, h2d = self._fill(items, on_gpu, host, {i: n for n, i in enumerate(good)})
         routed: dict[str, int] = {}
-        for i in cpu_idx:
+        for i in [*routed_idx, *refused]:
             reason = routes[i] if routes[i] != GPU else "GPU decoder refused it"
             routed[reason] = routed.get(reason, 0) + 1
-        return GpuBatch(tensor, decoded, good, len(decoded_gpu), routed, h2d)
+        return GpuBatch(tensor, decoded, good, len(on_gpu), routed, h2d)
+
+    @staticmethod
+    def _pillow(items: list[PayloadItem], idx: list[int], cpu_decode, decoded: list[Any]) -> dict[int, np.ndarray]:
+        """Pillow-decode ``items[idx]``: their outcomes into ``decoded``, their usable rows returned."""
+        if not idx:
+            return {}
+        buf, outcomes = cpu_decode([items[i] for i in idx])
+        rows = {}
+        for n, i in enumerate(idx):
+            decoded[i] = outcomes[n]
+            if not isinstance(outcomes[n], ImageError):
+                rows[i] = buf[n]
+        return rows
+
+    def _fill(self, items: list[PayloadItem], on_gpu: dict[int, Any], host: dict[int, np.ndarray],
+              slot: dict[int, int]) -> tuple[Any, int]:
+        """The batch tensor: the GPU-decoded images resampled into their rows, the Pillow rows copied
+        into theirs; returns it with the bytes sent to the device."""
+        cp = self.cp
+        h2d = sum(len(items[i].data or b"") for i in on_gpu)  # the encoded bytes, to the decoder
+        with self.stream:
+            tensor = cp.empty((len(slot), *self.chw), cp.float32)
+            if on_gpu:
+                h2d += self._preprocess(on_gpu, slot, tensor)
+            if host:  # the Pillow path's rows: one copy, then into their places
+                order = sorted(host)
+                rows = np.stack([host[i] for i in order])
+                tensor[cp.asarray([slot[i] for i in order])] = cp.asarray(rows)
+                h2d += rows.nbytes
+        self.stream.synchronize()  # the engine runs on its own stream
+        return tensor, h2d
 
     def _decode_jpegs(self, datas: list[bytes]) -> list[Any]:
         """One batched decode on this decoder's stream, into the previous batch's buffers when it had as many."""
@@ -176,9 +199,17 @@ class GpuDecoder:
         reuse = self._reuse[:len(streams)] if len(self._reuse) >= len(streams) else None
         try:
             images = self.decoder.decode(streams, images=reuse, params=self.params, cuda_stream=self.stream.ptr)
-        except TypeError:  # an nvImageCodec without buffer reuse: new buffers every batch
+        except Exception as exc:  # a version or a case that cannot reuse buffers: new buffers from now on
+            log.warning("nvImageCodec buffer reuse failed (%s: %s); decoding into new buffers", type(exc).__name__,
+                        exc)
             self._reuse = None
             return self.decoder.decode(streams, params=self.params, cuda_stream=self.stream.ptr)
+        if reuse is not None and any(img is None for img in images):
+            # a refusal may be the reused buffer's doing: those images again, into new buffers
+            again = [n for n, img in enumerate(images) if img is None]
+            retry = self.decoder.decode([streams[n] for n in again], params=self.params, cuda_stream=self.stream.ptr)
+            for n, img in zip(again, retry, strict=True):
+                images[n] = img
         if all(img is not None for img in images) and len(images) >= len(self._reuse):
             self._reuse = list(images)
         return images
@@ -188,11 +219,11 @@ class GpuDecoder:
         key = (height, width)
         found = self._sizes.get(key)
         if found is None:
-            if len(self._sizes) >= MAX_SIZES:
-                self._sizes.clear()
             plan = size_plan(self.pre.pre, self.chw[1], height, width)
             tables = [plan.horizontal.bounds, plan.horizontal.weights, plan.vertical.bounds, plan.vertical.weights]
-            flat = self.cp.asarray(np.concatenate([t.ravel() for t in tables]).astype(np.int32))
+            host = np.concatenate([t.ravel() for t in tables]).astype(np.int32)
+            flat = self.cp.asarray(host)
+            self.table_bytes += host.nbytes
             starts = np.cumsum([0] + [t.size for t in tables])[:-1] * 4 + flat.data.ptr
             found = (plan, flat, tuple(int(x) for x in starts))
             self._sizes[key] = found
@@ -202,6 +233,10 @@ class GpuDecoder:
         """Both resample passes for the GPU-decoded images, into their rows of ``out``; returns the bytes copied."""
         cp = self.cp
         order = sorted(images)
+        shapes = [images[i].__cuda_array_interface__["shape"][:2] for i in order]
+        if len(self._sizes) + len({tuple(sh) for sh in shapes} - self._sizes.keys()) > MAX_SIZES:
+            self._sizes.clear()  # between batches: the last one was synchronised, no kernel reads its tables
+        tables_before = self.table_bytes
         args = np.zeros((len(order), NARGS), np.int64)
         mid_off = 0
         for n, i in enumerate(order):
@@ -221,7 +256,7 @@ class GpuDecoder:
         self.vertical(((c * h * w + THREADS - 1) // THREADS, len(order)), (THREADS,),
                       (dev_args, self._mid, np.int32(h), np.int32(w), np.int32(c),
                        np.int32(self.pre.pre.color == "BGR"), self.a, self.b, out))
-        return args.nbytes
+        return args.nbytes + self.table_bytes - tables_before
 
 
 def image_args(plan: SizePlan, src: int, pitch: int, tables: tuple[int, int, int, int], slot: int,

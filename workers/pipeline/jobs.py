@@ -9,6 +9,7 @@ job fails naming the last error. A retry starts over: every step of these jobs i
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ def run_job(task_self: Task, job_id: str, body: Callable[[SlotContext], dict[str
     ctx = context.current()
     if ctx.store.job_state(job_id) in TERMINAL_STATES:
         return {"skipped": "job already finished"}
+    ctx.running = (time.monotonic(), job_id)
     try:
         result = body(ctx)
     except PermanentError as exc:
@@ -38,6 +40,8 @@ def run_job(task_self: Task, job_id: str, body: Callable[[SlotContext], dict[str
         raise
     except Exception as exc:
         return retry_or_fail(task_self, ctx, job_id, exc)
+    finally:
+        ctx.running = None
     ctx.store.finish(job_id, "done", **{k: v for k, v in result.items() if k != "report"})
     if payload_keys:
         ctx.conn.delete(*payload_keys)

@@ -60,6 +60,8 @@ def probe_node(settings: Settings, gpu: bool, gpu_index: int) -> NodeInfo:
 
 def build_identity(settings: Settings, args: argparse.Namespace) -> WorkerIdentity:
     gpu = args.device == "gpu"
+    if settings.gpu_engine_stream not in ("default", "own"):
+        raise ConfigError(f"gpu_engine_stream must be default or own, got {settings.gpu_engine_stream!r}")
     node = probe_node(settings, gpu, args.gpu_index)
     caps = frozenset(node.capabilities(args.device))
     if not caps:
@@ -86,7 +88,7 @@ def build_identity(settings: Settings, args: argparse.Namespace) -> WorkerIdenti
                           predictor_threads=predictor_threads, shared_device=gpu or slots == 1,
                           capabilities=caps, queues=tuple(queues), node=node, lock_path=str(lock),
                           warm=tuple(args.warm or ()), start_id=uuid.uuid4().hex[:12],
-                          thread_slots=thread_slots(settings.slot_pool, gpu))
+                          thread_slots=thread_slots(settings.slot_pool))
 
 
 def gpu_decode(setting: str, gpu: bool, node: NodeInfo) -> bool:
@@ -115,14 +117,14 @@ def overlap(setting: str, gpu: bool, threads: int, decode_threads: int) -> bool:
     return gpu or threads + decode_threads <= (os.cpu_count() or 1)
 
 
-def thread_slots(setting: str, gpu: bool) -> bool:
+def thread_slots(setting: str) -> bool:
     """Slots as threads of one process (Celery's threads pool) or as pool processes (prefork)?
 
     Processes unless asked otherwise. Threads give a GPU's slots one CUDA context and one shared JPEG
     decoder, but measured on the H200 (ResNet50 FP16, batch 128, 500x375 JPEGs, GPU decode) they
     were no faster - 3,000-3,400 img/s against 3,300 with four processes - because the decoder's GPU
-    work is what waits beside inference, and with Pillow decoding the GIL made them 2-3x slower;
-    processes also keep Celery's hard time limit. ``auto`` is processes."""
+    work is what waits beside inference, and with Pillow decoding the GIL halved them (1,097 against
+    2,306 img/s); processes also keep Celery's hard time limit. ``auto`` is processes."""
     if setting not in ("auto", "threads", "processes"):
         raise ConfigError(f"slot_pool must be auto, threads or processes, got {setting!r}")
     return setting == "threads"

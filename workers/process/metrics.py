@@ -17,6 +17,7 @@ Metric names (label ``worker`` on all):
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from collections.abc import Iterable
@@ -93,8 +94,10 @@ class MetricsObserver(SlotObserver):
         self.metrics.build(model, spec.backend, spec.precision, seconds)
 
 
+@functools.cache
 def observer(worker: str) -> MetricsObserver | None:
-    """A pool process's metrics observer, or None when metrics are off (no multiprocess folder)."""
+    """A pool process's metrics observer, or None when metrics are off (no multiprocess folder). One
+    per process: thread slots share it (a second set of the same metrics is refused by the registry)."""
     return MetricsObserver(worker) if os.environ.get(MULTIPROC_ENV) else None
 
 

@@ -3,9 +3,10 @@
 Celery's threads pool cannot kill a thread, so it enforces no ``task_time_limit``. With thread slots
 this thread does what a killed pool process leads to in the prefork pool: a batch still running
 ``task_hard_time_limit_s`` after it started gets one failed record per image (``TimeLimitError``,
-written from here), and the worker process exits (code 70) - the only way to end a stuck thread. The
-launcher restarts the worker; the batches its other slots held were not acknowledged, so they are
-delivered again (their results are written idempotently).
+written from here) - a calibration or conversion job is failed with that reason - and the worker
+process exits (code 70), the only way to end a stuck thread. The launcher restarts the worker; the
+batches its other slots held were not acknowledged, so they are delivered again (their results are
+written idempotently), and that delivery counts towards their ``max_deliveries``.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ log = logging.getLogger("trtbatch.watchdog")
 EXIT_CODE = 70
 
 
-def overdue(slots: list[SlotContext], now: float, limit_s: float) -> list[tuple[SlotContext, BatchTask]]:
-    """The slots whose batch has run longer than ``limit_s``, with that batch."""
+def overdue(slots: list[SlotContext], now: float, limit_s: float) -> list[tuple[SlotContext, BatchTask | str]]:
+    """The slots whose batch (a ``BatchTask``) or whole job (its id) has run longer than ``limit_s``."""
     late = []
     for ctx in slots:
         running = ctx.running
@@ -51,16 +52,21 @@ class Watchdog:
             if late:
                 self.end(late)
 
-    def end(self, late: list[tuple[SlotContext, BatchTask]]) -> None:
+    def end(self, late: list[tuple[SlotContext, BatchTask | str]]) -> None:
         settings, identity = self.slots[0].settings, self.slots[0].identity
         conn = redisconn.client(settings)
-        for ctx, task in late:
-            log.error("slot %d: batch %s/%d exceeded the hard time limit of %s s; failing it and restarting the "
-                      "worker", ctx.slot, task.job_id, task.batch_no, self.limit_s)
+        store = JobStore(conn, settings.result_ttl_s)
+        for ctx, what in late:
+            name = f"batch {what.job_id}/{what.batch_no}" if isinstance(what, BatchTask) else f"job {what}"
+            log.error("slot %d: %s exceeded the hard time limit of %s s; failing it and restarting the worker",
+                      ctx.slot, name, self.limit_s)
+            error = TimeLimitError(f"{name.split()[0]} exceeded the hard time limit of {self.limit_s} s")
             try:
-                fail_batch_from_main(conn, JobStore(conn, settings.result_ttl_s), identity, task,
-                                     TimeLimitError(f"batch exceeded the hard time limit of {self.limit_s} s"))
+                if isinstance(what, BatchTask):
+                    fail_batch_from_main(conn, store, identity, what, error)
+                else:
+                    store.finish(what, "failed", error=str(error))
             except Exception:  # the exit below must happen anyway: the thread is stuck
-                log.exception("could not fail batch %s/%d", task.job_id, task.batch_no)
+                log.exception("could not fail %s", name)
         logging.shutdown()
         os._exit(EXIT_CODE)

@@ -106,3 +106,98 @@ def test_a_plan_reads_only_the_rows_its_crop_needs() -> None:
     first, last = plan.vertical.bounds[16], plan.vertical.bounds[239]
     assert plan.row0 == first[0] and plan.row0 + plan.rows == last[0] + last[1]
     assert plan.row0 > 0 and plan.row0 + plan.rows < 375
+
+
+def test_the_kernels_read_the_columns_the_table_writes() -> None:
+    """The CUDA source's enum and NARGS against ``ARG`` / ``NARGS`` of the Python that fills the table."""
+    import re
+
+    from workers.pipeline.resample import KERNELS
+
+    enum = [name.strip() for name in re.search(r"enum \{([^}]*)\}", KERNELS).group(1).split(",")]  # type: ignore[union-attr]
+    cuda_names = {"SRC": "src", "PITCH": "pitch", "ROW0": "row0", "ROWS": "rows", "MID_W": "mid_w", "HB": "h_bounds",
+                  "HW": "h_weights", "HK": "h_ksize", "VB": "v_bounds", "VW": "v_weights", "VK": "v_ksize",
+                  "TOP": "top", "LEFT": "left", "SLOT": "slot", "MID_OFF": "mid_off"}
+    assert [cuda_names[n] for n in enum] == sorted(ARG, key=ARG.get)
+    assert int(re.search(r"#define NARGS (\d+)", KERNELS).group(1)) == NARGS >= len(ARG)  # type: ignore[union-attr]
+
+
+def test_a_sizes_tables_are_one_upload_and_the_addresses_point_into_it() -> None:
+    """``GpuDecoder._size`` with a stand-in for CuPy that records what it uploads: each of the four
+    addresses is where its table starts in the one flat array (int32: 4 bytes an element), and a size
+    is uploaded once."""
+    from types import SimpleNamespace
+
+    from workers.pipeline.gpu_decode import GpuDecoder
+
+    uploads = []
+
+    def asarray(host: np.ndarray):
+        uploads.append(host)
+        return SimpleNamespace(data=SimpleNamespace(ptr=1 << 30), host=host)
+
+    dec = GpuDecoder.__new__(GpuDecoder)
+    dec.cp, dec.pre, dec.chw, dec._sizes, dec.table_bytes = SimpleNamespace(asarray=asarray), \
+        SimpleNamespace(pre=Preprocess()), (3, 224, 224), {}, 0
+    plan, addresses = dec._size(375, 500)
+    assert dec._size(375, 500)[1] == addresses and len(uploads) == 1  # built once
+    flat = uploads[0]
+    for address, table in zip(addresses, (plan.horizontal.bounds, plan.horizontal.weights, plan.vertical.bounds,
+                                          plan.vertical.weights), strict=True):
+        start = (address - (1 << 30)) // 4
+        assert np.array_equal(flat[start:start + table.size], table.ravel())
+    assert dec.table_bytes == flat.nbytes
+
+
+class _Stream:
+    """Stands in for a CuPy stream: a context, a pointer, a no-op synchronize."""
+
+    ptr = 0
+
+    def __enter__(self) -> _Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def synchronize(self) -> None:
+        return None
+
+
+def test_decode_routes_refusals_and_failures_and_places_every_row() -> None:
+    """``GpuDecoder.decode``'s bookkeeping, run with numpy standing in for CuPy and a decoder that
+    refuses what it is given (no GPU here): images routed to Pillow, images the GPU refused, a corrupt
+    one; each usable image's row is the Pillow path's tensor, in item order, and the counts say why."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from common.errors import ImageError
+    from common.schemas import PayloadItem
+    from tests.helpers import image_bytes
+    from workers.pipeline.decode import decode_all
+    from workers.pipeline.gpu_decode import GpuDecoder
+    from workers.pipeline.gpu_route import GPU
+
+    pre = Preprocessor(Preprocess(), (3, 224, 224), 10**8)
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((300, 400, 3), np.uint8)).save(buf, "JPEG", progressive=True)
+    datas = [_jpeg(375, 500, 1), image_bytes("RGB", (64, 48), "PNG"), b"\xff\xd8\xff\xe0 not really", buf.getvalue(),
+             _jpeg(300, 300, 2)]
+    items = [PayloadItem(i, f"img{i}", d) for i, d in enumerate(datas)]
+    dec = GpuDecoder.__new__(GpuDecoder)
+    dec.pre, dec.chw, dec.model_route, dec._lock, dec._reuse = pre, pre.chw, GPU, threading.Lock(), []
+    dec.cp = SimpleNamespace(empty=np.empty, asarray=np.asarray, float32=np.float32)
+    dec.stream = _Stream()
+    dec.nv = SimpleNamespace(CodeStream=lambda d: d)
+    dec.params = None
+    dec.decoder = SimpleNamespace(decode=lambda streams, **_: [None] * len(streams))  # refuses everything
+    with ThreadPoolExecutor(2) as pool:
+        got = dec.decode(items, lambda subset: decode_all(pool, 2, pre, subset, pre.chw))
+    assert got.on_gpu == 0 and got.good == [0, 1, 3, 4]
+    assert isinstance(got.decoded[2], ImageError)
+    assert got.routed == {"GPU decoder refused it": 2, "not a baseline JPEG": 2,
+                          "progressive, lossless or arithmetic-coded JPEG": 1}
+    for row, i in enumerate(got.good):
+        assert np.array_equal(got.tensor[row], pre(datas[i]).array), i
+    assert got.h2d_bytes == 4 * got.tensor[0].nbytes

@@ -29,3 +29,21 @@ def test_a_shared_releaser_waits_for_every_slot() -> None:
     idle.idle()
     assert idle.tick(idle._idle_since + 5) is None
     assert idle.tick(idle._idle_since + 25) == "evicted"
+
+
+def test_slot_pool_and_engine_stream_settings_are_checked() -> None:
+    import argparse
+
+    import pytest
+
+    from common.config import Settings
+    from common.errors import ConfigError
+    from workers.process.main import build_identity, thread_slots
+
+    assert thread_slots("auto") is False and thread_slots("processes") is False and thread_slots("threads") is True
+    with pytest.raises(ConfigError, match="slot_pool must be"):
+        thread_slots("thread")
+    args = argparse.Namespace(device="cpu", gpu_index=0, name="x", threads=1, decode_threads=0, slots=1,
+                              queues=None, warm=None)
+    with pytest.raises(ConfigError, match="gpu_engine_stream must be default or own"):
+        build_identity(Settings.from_env({"TRTBATCH_GPU_ENGINE_STREAM": "mine"}), args)
