@@ -160,7 +160,9 @@ def test_thread_slots_serve_a_job_and_drain_on_sigterm(fleet_env, digits):
     batches; SIGTERM mid-job is still a warm shutdown (Paddle's own SIGTERM handler would abort the
     process), and the job finishes on another worker with every image once."""
     env, client, tmp = fleet_env
-    proc = launch({**env, "TRTBATCH_SLOT_POOL": "threads"}, tmp, "thr-a", "--slots", "2")
+    # metrics on: the slots share one set of Prometheus metrics (a second set is refused by the registry)
+    proc = launch({**env, "TRTBATCH_SLOT_POOL": "threads", "TRTBATCH_METRICS_PORT": str(free_port())}, tmp, "thr-a",
+                  "--slots", "2")
     worker = wait_for(lambda: ready(client, "thr-a"), 180, "the thread-slot worker")
     slots = [fleet.slot_state(client.conn, worker.name, i) for i in range(2)]
     assert all(s is not None and s.state == "ready" for s in slots)
