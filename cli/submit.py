@@ -109,8 +109,6 @@ def _warn(message: str) -> None:
     click.echo(f"warning: {message}", err=True)
 
 
-
-
 def _report(ctx: Context, job_id: str, final: Any, as_json: bool) -> None:
     acc = jobs_lib.accuracy(ctx.client, job_id)
     if as_json:

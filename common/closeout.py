@@ -58,8 +58,7 @@ def end(store: JobStore, job_id: str, state: str, error: TrtbatchError, max_batc
 def finish_pending(store: JobStore, job: JobRecord, max_batches: int | None = None) -> int:
     """Finish the close-out of a job that ``end`` ended (cancelled, or failed as unservable) while
     images it sent still have no record; returns the records written (0 for any other job)."""
-    if job.kind != "inference" or job.state not in ("cancelled", "failed") or \
-            job.done + job.failed + job.cancelled >= job.sent_images:
+    if not _unrecorded(job):
         return 0
     error = JobCancelledError("job cancelled") if job.state == "cancelled" else \
         UnservableError(job.error or "the job was ended before its images were served")
@@ -154,20 +153,24 @@ def check_servable(store: JobStore, workers: list[fleet.WorkerInfo], job: JobRec
     return reason
 
 
-_COUNTS = ("done", "failed", "cancelled", "n_images", "n_enqueued", "submit_complete")
+def _unrecorded(job: JobRecord) -> bool:
+    """An inference job that was ended (cancelled, or failed as unservable) with sent images still
+    without a record."""
+    return job.kind == "inference" and job.state in ("cancelled", "failed") and \
+        job.done + job.failed + job.cancelled < job.sent_images
 
 
-def _sweepable(row: list[bytes | None]) -> bool:
+_SWEEP_FIELDS = ("state", "kind", "done", "failed", "cancelled", "n_images", "n_enqueued", "submit_complete")
+
+
+def _sweepable(job_id: str, row: list[bytes | None]) -> bool:
     """An active inference job, or one ended with images still unrecorded (from an HMGET of
-    state, kind and ``_COUNTS``)."""
-    state, kind = row[0], row[1]
-    if kind not in (None, b"inference"):
+    ``_SWEEP_FIELDS``; a job hash that expired has no state)."""
+    if row[0] is None:
         return False
-    if state in (b"submitting", b"queued", b"running"):
-        return True
-    done, failed, cancelled, n_images, n_enqueued = (int(x or 0) for x in row[2:7])
-    sent = n_images if row[7] == b"1" else n_enqueued
-    return state in (b"cancelled", b"failed") and done + failed + cancelled < sent
+    fields = {f: v for f, v in zip(_SWEEP_FIELDS, row, strict=True) if v is not None}
+    job = JobRecord.decode({"job_id": job_id, **fields})
+    return job.kind == "inference" and (not job.terminal or _unrecorded(job))
 
 
 def sweep_unservable(store: JobStore, workers: list[fleet.WorkerInfo], grace_s: float, recent: int = 1000,
@@ -180,8 +183,8 @@ def sweep_unservable(store: JobStore, workers: list[fleet.WorkerInfo], grace_s: 
     ids = [i.decode() for i in store.conn.zrevrange(keys.JOBS, 0, recent - 1)]
     pipe = store.conn.pipeline(transaction=False)
     for job_id in ids:
-        pipe.hmget(keys.job(job_id), "state", "kind", *_COUNTS)
-    candidates = [job_id for job_id, row in zip(ids, pipe.execute(), strict=True) if _sweepable(row)]
+        pipe.hmget(keys.job(job_id), *_SWEEP_FIELDS)
+    candidates = [job_id for job_id, row in zip(ids, pipe.execute(), strict=True) if _sweepable(job_id, row)]
     stuck = []
     for job_id in candidates:
         if check_servable(store, workers, store.record(job_id), grace_s, now, max_batches):

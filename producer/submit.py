@@ -317,11 +317,9 @@ class _Sender:
                 self.client.app.send_task(INFER_TASK, args=[self._task(batch_no, start, payload).encode()],
                                           queue=self.plan.queue, producer=producer)
         last_no, last_start, last_payload = batches[-1]
-        n = sum(len(p.items) for _, _, p in batches)
-        self.client.store.note_enqueued(self.job_id, n, {"batches": last_no + 1,
-                                                         "images": last_start + len(last_payload.items)})
-        self.sent_batches = last_no + 1
-        self.sent_images = last_start + len(last_payload.items)
+        cursor = {"batches": last_no + 1, "images": last_start + len(last_payload.items)}
+        self.client.store.note_enqueued(self.job_id, sum(len(p.items) for _, _, p in batches), cursor)
+        self.sent_batches, self.sent_images = cursor["batches"], cursor["images"]
 
     def _task(self, batch_no: int, start: int, payload: BatchPayload) -> BatchTask:
         r = self.plan.resolved
