@@ -195,7 +195,7 @@ class GpuDecoder:
         """One batched decode on this decoder's stream, into the previous batch's buffers when it had as many."""
         streams = [self.nv.CodeStream(d) for d in datas]
         if self._reuse is None:
-            return self.decoder.decode(streams, params=self.params, cuda_stream=self.stream.ptr)
+            return self._into_new(streams)
         reuse = self._reuse[:len(streams)] if len(self._reuse) >= len(streams) else None
         try:
             images = self.decoder.decode(streams, images=reuse, params=self.params, cuda_stream=self.stream.ptr)
@@ -203,16 +203,20 @@ class GpuDecoder:
             log.warning("nvImageCodec buffer reuse failed (%s: %s); decoding into new buffers", type(exc).__name__,
                         exc)
             self._reuse = None
-            return self.decoder.decode(streams, params=self.params, cuda_stream=self.stream.ptr)
+            return self._into_new(streams)
         if reuse is not None and any(img is None for img in images):
             # a refusal may be the reused buffer's doing: those images again, into new buffers
             again = [n for n, img in enumerate(images) if img is None]
-            retry = self.decoder.decode([streams[n] for n in again], params=self.params, cuda_stream=self.stream.ptr)
+            retry = self._into_new([streams[n] for n in again])
             for n, img in zip(again, retry, strict=True):
                 images[n] = img
         if all(img is not None for img in images) and len(images) >= len(self._reuse):
             self._reuse = list(images)
         return images
+
+    def _into_new(self, streams: list[Any]) -> list[Any]:
+        """A batched decode into buffers nvImageCodec allocates."""
+        return self.decoder.decode(streams, params=self.params, cuda_stream=self.stream.ptr)
 
     def _size(self, height: int, width: int) -> tuple[SizePlan, tuple[int, int, int, int]]:
         """The plan of one input size and the device addresses of its tables, built once."""
@@ -233,14 +237,13 @@ class GpuDecoder:
         """Both resample passes for the GPU-decoded images, into their rows of ``out``; returns the bytes copied."""
         cp = self.cp
         order = sorted(images)
-        shapes = [images[i].__cuda_array_interface__["shape"][:2] for i in order]
-        if len(self._sizes) + len({tuple(sh) for sh in shapes} - self._sizes.keys()) > MAX_SIZES:
+        cais = [images[i].__cuda_array_interface__ for i in order]
+        if len(self._sizes) + len({tuple(c["shape"][:2]) for c in cais} - self._sizes.keys()) > MAX_SIZES:
             self._sizes.clear()  # between batches: the last one was synchronised, no kernel reads its tables
         tables_before = self.table_bytes
         args = np.zeros((len(order), NARGS), np.int64)
         mid_off = 0
-        for n, i in enumerate(order):
-            cai = images[i].__cuda_array_interface__
+        for n, (i, cai) in enumerate(zip(order, cais, strict=True)):
             height, width = cai["shape"][0], cai["shape"][1]
             plan, (hb, hw, vb, vw) = self._size(height, width)
             pitch = cai["strides"][0] if cai.get("strides") else width * 3

@@ -72,10 +72,7 @@ def _init_child(**_: Any) -> None:
         settings, identity = context.configured()
     except RuntimeError:
         return
-    from workers import engines
-
-    # load once, now, so the first batch does not pay for it
-    engines.preload(identity.device, {engine for engine, _, _ in identity.capabilities})
+    _preload(identity)
     # Shutdown is the main process's business: it stops taking work and lets each pool process
     # finish its batch. A SIGTERM sent to the whole process group (systemd's default KillMode,
     # `kill -- -PGID`, a terminal) would otherwise kill a pool process mid-batch and the batch would
@@ -92,11 +89,9 @@ _THREAD_SLOTS: list[context.SlotContext] = []
 
 def start_thread_slots() -> list[context.SlotContext]:
     """Thread slots: every slot's context, built in the worker process and offered to the pool threads."""
-    from workers import engines
-
     settings, identity = context.configured()
     celery_sigterm = signal.getsignal(signal.SIGTERM)  # Celery's warm shutdown
-    engines.preload(identity.device, {engine for engine, _, _ in identity.capabilities})
+    _preload(identity)
     for slot in range(identity.slots):
         ctx = start_slot(settings, identity, slot)
         _THREAD_SLOTS.append(ctx)
@@ -112,8 +107,7 @@ def start_thread_slots() -> list[context.SlotContext]:
 @worker_shutdown.connect
 def _shutdown_thread_slots(**_: Any) -> None:
     for ctx in _THREAD_SLOTS:
-        ctx.predictors.close()
-        ctx.pool.shutdown(wait=False, cancel_futures=True)
+        _close(ctx)
 
 
 @worker_process_shutdown.connect
@@ -125,5 +119,16 @@ def _shutdown_child(pid: int | None = None, **_: Any) -> None:
         ctx = context.current()
     except RuntimeError:
         return
+    _close(ctx)
+
+
+def _preload(identity: WorkerIdentity) -> None:
+    """Load the engines once, now, so the first batch does not pay for it."""
+    from workers import engines
+
+    engines.preload(identity.device, {engine for engine, _, _ in identity.capabilities})
+
+
+def _close(ctx: context.SlotContext) -> None:
     ctx.predictors.close()
     ctx.pool.shutdown(wait=False, cancel_futures=True)
