@@ -209,7 +209,7 @@ class ResultRecord:
     def encode(self) -> str:
         # fields read directly: dataclasses.asdict deep-copies every top-k entry first (2x slower)
         data = {name: value for name in _RECORD_FIELDS if (value := getattr(self, name)) is not None}
-        return json.dumps(data, separators=(",", ":"), allow_nan=False)
+        return _RECORD_ENCODER.encode(data)
 
     @classmethod
     def decode(cls, raw: str | bytes) -> ResultRecord:
@@ -227,6 +227,8 @@ class ResultRecord:
 
 
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(ResultRecord))
+#: one encoder for every record: json.dumps with arguments builds a new one per call
+_RECORD_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 # -- hash records --------------------------------------------------------------------------------

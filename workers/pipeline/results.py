@@ -30,11 +30,12 @@ class BatchOutcome:
 
 # -- records ---------------------------------------------------------------------------------------
 def base_record(identity: WorkerIdentity, task: BatchTask, item: PayloadItem, engine: str = "",
-                backend: str = "") -> ResultRecord:
+                backend: str = "", **outcome: Any) -> ResultRecord:
+    """``item``'s record; ``outcome``: its top_k, outputs and notes, when it has them."""
     return ResultRecord(index=item.index, path=item.path, ok=True, label=item.label, job_id=task.job_id,
                         batch_no=task.batch_no, model=task.model, version_id=task.version_id,
                         precision=task.precision, engine=engine, backend=backend, worker=identity.name,
-                        device=identity.device_label)
+                        device=identity.device_label, **outcome)
 
 
 def failed(rec: ResultRecord, error: TrtbatchError) -> ResultRecord:
@@ -57,17 +58,15 @@ def build_records(identity: WorkerIdentity, task: BatchTask, items: list[Payload
     by_item = {i: n for n, i in enumerate(good)}
     records = []
     for i, item in enumerate(items):
-        rec = base_record(identity, task, item, engine, backend)
         outcome = decoded[i]
         if i not in by_item or isinstance(outcome, TrtbatchError):
-            records.append(failed(rec, outcome))  # type: ignore[arg-type]
+            records.append(failed(base_record(identity, task, item, engine, backend), outcome))  # type: ignore[arg-type]
             continue
         n = by_item[i]
         post = posts[n]
-        rec = replace(rec, top_k=post.get("top_k"), outputs=post.get("outputs"), notes=list(outcome) or None)
-        if raw_rows:
-            rec = replace(rec, outputs=raw_rows[n])
-        records.append(rec)
+        records.append(base_record(identity, task, item, engine, backend, top_k=post.get("top_k"),
+                                   outputs=raw_rows[n] if raw_rows else post.get("outputs"),
+                                   notes=list(outcome) or None))
     return records
 
 
