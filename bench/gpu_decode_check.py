@@ -111,10 +111,20 @@ class Tally:
 
 def compare(files: list[Path], pre: Preprocessor, predictor: Any, batch_size: int, device_id: int,
             tally: Tally) -> dict[str, Any]:
-    from workers.pipeline.decode import decode_all
     from workers.pipeline.gpu_decode import GpuDecoder
 
     gpu = GpuDecoder(pre, device_id)
+    try:
+        _compare_batches(files, pre, predictor, batch_size, gpu, tally)
+    finally:
+        gpu.close()  # freed here, as a worker does; left to the garbage collector it crashed (H200)
+    return tally.summary(len(files))
+
+
+def _compare_batches(files: list[Path], pre: Preprocessor, predictor: Any, batch_size: int, gpu: Any,
+                     tally: Tally) -> None:
+    from workers.pipeline.decode import decode_all
+
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         items = [PayloadItem(index=i, path=str(p), data=p.read_bytes()) for i, p in enumerate(chunk)]
@@ -128,7 +138,6 @@ def compare(files: list[Path], pre: Preprocessor, predictor: Any, batch_size: in
         tally.on_gpu += out.on_gpu
         for reason, count in out.routed.items():
             tally.routed[reason] = tally.routed.get(reason, 0) + count
-    return tally.summary(len(files))
 
 
 def _top1(outputs: dict[str, np.ndarray]) -> np.ndarray:

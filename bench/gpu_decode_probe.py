@@ -9,15 +9,24 @@ One process, on a GPU with nvImageCodec, CuPy and onnxruntime-gpu; prints one JS
 * ``beside_inference``: decode while another thread runs inference back to back, per stream mode,
   with the part inside nvImageCodec, and inference's own time meanwhile;
 * ``beside_matmul_ms``: decode beside a CuPy matmul loop (GPU work that is not ONNX Runtime);
-* ``gil_share``: what a pure-Python counter thread gets while decoding runs, against alone.
+* ``gil_share``: what a pure-Python counter thread gets while decoding runs, against alone;
+* ``backends`` (``--parts backends``): nvImageCodec restricted to one backend at a time (hardware JPEG
+  engine, hybrid CPU/GPU, GPU only): how many images of a batch it takes, ms per batch alone and beside
+  inference - which backend a worker's decoder really uses;
+* ``pipeline`` (``--parts pipeline``): what a worker's slots do, in one process: D decoders in D
+  threads feeding device batches to inference that runs one batch at a time (the device lock) -
+  images/s for D = 1..4, with the decoders' streams at high priority, and with two engines unlocked.
 
     python3 bench/gpu_decode_probe.py --images DIR_OF_JPEGS --model resnet50.onnx [--batch-size 128]
+        [--parts basic,backends,pipeline]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -28,6 +37,11 @@ import numpy as np
 from common.imaging import Preprocessor
 from common.manifest import Preprocess
 from common.schemas import PayloadItem
+
+
+def _step(what: str) -> None:
+    """Progress on stderr: a native crash (nvImageCodec, ONNX Runtime) then shows which step it ended."""
+    print(f"probe: {what}", file=sys.stderr, flush=True)
 
 
 def _no_pillow(items: list[PayloadItem]) -> Any:
@@ -43,7 +57,8 @@ def _ms_per_call(fn, seconds: float = 2.5) -> float:
 
 
 def _session(ort: Any, cp: Any, model: str, own_stream: bool) -> tuple[Any, Any]:
-    opts: dict[str, str] = {"device_id": "0"}
+    # as the worker's FP16 CUDA EP predictor (workers/engines/ort_config.py)
+    opts: dict[str, str] = {"device_id": "0", "prefer_nhwc": "1", "arena_extend_strategy": "kSameAsRequested"}
     stream = cp.cuda.Stream(non_blocking=True) if own_stream else None
     if stream is not None:
         opts.update(user_compute_stream=str(stream.ptr), do_copy_in_default_stream="0")
@@ -89,7 +104,9 @@ def main() -> None:
     parser.add_argument("--images", type=Path, required=True)
     parser.add_argument("--model", required=True, help="An ONNX classifier taking [N, 3, 224, 224] float32.")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--parts", default="basic", help="Comma-separated: basic, backends, pipeline.")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     import cupy as cp
     import onnxruntime as ort
 
@@ -103,10 +120,21 @@ def main() -> None:
 
     def batch(k: int) -> list[PayloadItem]:
         return items[(k % 4) * size:(k % 4 + 1) * size]
+    _step("decoder")
     decoder = GpuDecoder(pre, 0, 15)
     tensor = decoder.decode(batch(0), _no_pillow).tensor
+    _step("first batch decoded")
     out: dict[str, Any] = {"probe": "gpu_decode", "images": len(items), "batch_size": size,
                            "decode_ms": _ms_per_call(lambda k: decoder.decode(batch(k), _no_pillow))}
+    _step("decode alone timed")
+    if "backends" in parts:
+        out["backends"] = _backends(ort, cp, args.model, pre, batch, tensor)
+    if "pipeline" in parts:
+        out["pipeline"] = _pipelines(ort, cp, args.model, pre, batch)
+    if "basic" not in parts:
+        print(json.dumps(out))
+        _close([decoder])
+        return
     out["decoders_at_once"] = {str(n): _at_once(pre, batch, n) for n in (1, 2, 4)}
     out["infer_ms"], out["beside_inference"] = {}, {}
     for mode in ("default", "own"):
@@ -121,12 +149,23 @@ def main() -> None:
     out["beside_matmul_ms"] = _beside(matmul, lambda: _ms_per_call(lambda k: decoder.decode(batch(k), _no_pillow)))[0]
     out["gil_share"] = _gil_share(lambda k: decoder.decode(batch(k), _no_pillow))
     print(json.dumps(out))
+    _close([decoder])
+
+
+def _close(decoders: list[Any]) -> None:
+    """Free the decoders before the interpreter exits (as a worker does at shutdown)."""
+    for d in [*decoders, *_KEEP]:
+        d.close()
+    _KEEP_RAW.clear()
+    _step("decoders closed")
 
 
 def _engine_mode(ort: Any, cp: Any, model: str, mode: str, decoder: Any, batch, tensor: Any
                  ) -> tuple[float, dict[str, float]]:
     """Inference alone, then decoding beside it (and how much of that is inside nvImageCodec)."""
-    run = _runner(_session(ort, cp, model, mode == "own")[0])
+    session, stream = _session(ort, cp, model, mode == "own")
+    _STREAMS.append(stream)  # the session runs on it: it must outlive the session
+    run = _runner(session)
     for _ in range(5):
         run(tensor)
     alone = _ms_per_call(lambda _: run(tensor))
@@ -153,6 +192,7 @@ def _at_once(pre: Preprocessor, batch, n: int, reps: int = 8) -> dict[str, float
     from workers.pipeline.gpu_decode import GpuDecoder
 
     decoders = [GpuDecoder(pre, 0, max(1, 15 // n)) for _ in range(n)]
+    _KEEP.extend(decoders)  # see _KEEP
     for d in decoders:
         d.decode(batch(0), _no_pillow)
     times: list[float] = []
@@ -198,6 +238,135 @@ def _gil_share(decode) -> float:
         thread.join()
         counts.append(got[0])
     return round(counts[1] / counts[0], 3)
+
+
+def _backends(ort: Any, cp: Any, model: str, pre: Preprocessor, batch, tensor: Any) -> dict[str, Any]:
+    """Each nvImageCodec backend on its own: images of a batch it decodes, ms alone, ms beside inference."""
+    from nvidia import nvimgcodec
+
+    from workers.pipeline.gpu_decode import GpuDecoder
+
+    run = _runner(_session(ort, cp, model, False)[0])
+    _step("session")
+    run(tensor)
+    _step("inference on a decoded batch")
+    found: dict[str, Any] = {}
+    for kind in ("HW_GPU_ONLY", "HYBRID_CPU_GPU", "GPU_ONLY"):
+        _step(kind)
+        d = GpuDecoder(pre, 0, 15)
+        _KEEP.append(d)
+        _KEEP_RAW.append(d.decoder)  # freed in _close, not here (see _KEEP)
+        try:
+            d.decoder = nvimgcodec.Decoder(device_id=0, max_num_cpu_threads=15, options=":fancy_upsampling=1",
+                                           backends=[nvimgcodec.Backend(getattr(nvimgcodec.BackendKind, kind))])
+            d._reuse = None
+            images = d._decode_jpegs([it.data for it in batch(0)])
+            taken = sum(img is not None for img in images)
+        except Exception as exc:  # a backend this machine lacks
+            found[kind] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            continue
+        row: dict[str, Any] = {"decoded_of_batch": taken}
+        if taken == len(images):
+            row["decode_ms"] = _ms_per_call(lambda k, d=d: d.decode(batch(k), _no_pillow), 2.0)
+            row["beside_inference_ms"], row["infer_ms"] = _beside(
+                lambda: run(tensor), lambda d=d: _ms_per_call(lambda k: d.decode(batch(k), _no_pillow), 2.0))
+        found[kind] = row
+    return found
+
+
+def _pipelines(ort: Any, cp: Any, model: str, pre: Preprocessor, batch) -> dict[str, Any]:
+    """D decoder threads -> a queue of device batches -> inference (one batch at a time, or two engines
+    unlocked); images/s over a few seconds after a warm-up."""
+    runs = [_runner(_session(ort, cp, model, False)[0]) for _ in range(2)]
+    _step("two sessions")
+    configs = [(1, 1, False, True), (2, 1, False, True), (3, 1, False, True), (4, 1, False, True),
+               (3, 1, True, True), (4, 1, True, True), (4, 2, False, False)]
+    found = {}
+    for decoders, engines, priority, locked in configs:
+        _step(f"pipeline {decoders} {engines} {priority} {locked}")
+        name = f"decoders={decoders} engines={engines}{' priority' if priority else ''}{'' if locked else ' unlocked'}"
+        found[name] = _pipeline(cp, pre, batch, decoders, runs[:engines], priority, locked)
+        print(name, found[name], flush=True)
+    return found
+
+
+_KEEP: list[Any] = []
+_KEEP_RAW: list[Any] = []
+_STREAMS: list[Any] = []
+
+
+class _Pipe:
+    """The shared state of one pipeline run: a queue of device batches, the timings, the images counted."""
+
+    def __init__(self, depth: int, locked: bool) -> None:
+        import queue
+
+        self.ready: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.lock = threading.Lock() if locked else contextlib.nullcontext()
+        self.decode_s: list[float] = []
+        self.infer_s: list[float] = []
+        self.images, self.counting = 0, False
+
+    def put(self, tensor: Any) -> None:
+        import queue
+
+        while not self.stop.is_set():
+            try:
+                self.ready.put(tensor, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def decode_loop(self, decoder: Any, batch, k: int) -> None:
+        while not self.stop.is_set():
+            started = time.perf_counter()
+            tensor = decoder.decode(batch(k), _no_pillow).tensor
+            self.decode_s.append(time.perf_counter() - started)
+            k += 1
+            self.put(tensor)
+
+    def infer_loop(self, run: Any) -> None:
+        import queue
+
+        while not self.stop.is_set():
+            try:
+                tensor = self.ready.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            with self.lock:
+                started = time.perf_counter()
+                run(tensor)
+                self.infer_s.append(time.perf_counter() - started)
+            if self.counting:
+                self.images += len(tensor)
+
+
+def _pipeline(cp: Any, pre: Preprocessor, batch, n_decoders: int, runs: list, priority: bool, locked: bool,
+              seconds: float = 5.0) -> dict[str, float]:
+    from workers.pipeline.gpu_decode import GpuDecoder
+
+    decoders = [GpuDecoder(pre, 0, max(1, 15 // n_decoders)) for _ in range(n_decoders)]
+    _KEEP.extend(decoders)  # freeing nvImageCodec decoders between runs crashed the probe (H200, 0.9.0)
+    for d in decoders:
+        if priority:  # the resize kernels ahead of inference's (nvImageCodec's own streams keep theirs)
+            d.stream.synchronize()
+            d.stream = cp.cuda.Stream(non_blocking=True, priority=-5)
+        d.decode(batch(0), _no_pillow)
+    pipe = _Pipe(n_decoders, locked)
+    threads = [threading.Thread(target=pipe.decode_loop, args=(d, batch, n)) for n, d in enumerate(decoders)]
+    threads += [threading.Thread(target=pipe.infer_loop, args=(r,)) for r in runs]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    pipe.counting, started = True, time.perf_counter()
+    time.sleep(seconds)
+    images, elapsed = pipe.images, time.perf_counter() - started
+    pipe.stop.set()
+    for t in threads:
+        t.join()
+    return {"images_per_s": round(images / elapsed), "decode_ms": round(1000 * float(np.mean(pipe.decode_s)), 2),
+            "infer_ms": round(1000 * float(np.mean(pipe.infer_s)), 2)}
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@
 # STEP: verify (thread slots: digits jobs vs Paddle CPU, GPU-decode checks), fleet (workers, digits
 #       and ResNet50 jobs on GPU FP32/FP16 vs CPU, GPU-decode checks),
 #       bench-photo / bench-small / bench-pillow (trtbatch bench ResNet50 FP16 bs128: thread and process
-#       slots, GPU decode on and off, Ray Data beside it), bench-fp32, kill (two workers on the one GPU,
+#       slots, GPU decode on and off, Ray Data beside it), bench-fp32, bench-decoders (thread slots with
+#       a GPU decoder each, 4 and 6, against one shared), bench-gil (thread slots under GIL switch
+#       intervals of 5, 1 and 0.2 ms), probe (bench/gpu_decode_probe.py, its parts in
+#       PROBE_PARTS; after a bench step, which makes the FP16 model), kill (two workers on the one GPU,
 #       one SIGKILLed mid-job).
 # Before the first step: the onnxruntime-gpu bundle in /tmp/parts, wheels in /tmp/whl, the models
 # (ONNX forms made by `trtbatch convert` on a Paddle node: model.toml + model.onnx) in /tmp/m.
@@ -120,26 +123,35 @@ print(f(Path('/tmp/img'), 512, '500x375')); print(f(Path('/tmp/img'), 64, '1600x
   cut -c1-400 "$chk"
 }
 
-probe() {  # where the GPU decoder's time goes beside inference (.probe/t4.py, carried to /tmp/probe)
+probe() {  # where the GPU decoder's time goes beside inference: bench/gpu_decode_probe.py, parts PROBE_PARTS
   models
-  python3 /tmp/probe/t4.py 2>&1 | grep -v "nvjpeg2k\|nvtiff\|nvJPEG2000\|nvTIFF\|Note:\|plugin EP" | tee "$out/probe.txt"
-  python3 - "$out/probe.txt" >"$out/engine_stream" <<'EOP'
-import re, sys
-text = open(sys.argv[1]).read()
-got = {own: float(ms) for own, ms in re.findall(r"\[own_stream=(\w+)\] decode beside inference ms ([\d.]+)", text)}
-print("own" if got.get("True", 1e9) < 0.8 * got.get("False", 0) else "default")
+  python3 -c "from pathlib import Path; from bench.support import image_folder as f; print(f(Path('/tmp/img'), 512, '500x375'))"
+  # the FP16 form of ResNet50 the worker runs (made by an earlier bench step): the smallest model.onnx of 3x224x224
+  local model
+  model=$(python3 - <<'EOP'
+import glob, os
+import onnxruntime as ort
+found = []
+for p in glob.glob("/tmp/tb/**/model.onnx", recursive=True):
+    shape = ort.InferenceSession(p, providers=["CPUExecutionProvider"]).get_inputs()[0].shape
+    if list(shape)[1:] == [3, 224, 224]:
+        found.append((os.path.getsize(p), p))
+print(min(found)[1])
 EOP
-  echo "engine stream: $(cat "$out/engine_stream")"
+)
+  echo "model: $model ($(du -h "$model" | cut -f1))"
+  python3 bench/gpu_decode_probe.py --images /tmp/img/jpeg-500x375-512 --model "$model" \
+    --parts "${PROBE_PARTS:-basic}" 2>&1 | grep -v "nvjpeg2k\|nvtiff\|nvJPEG2000\|nvTIFF\|Note:\|plugin EP" \
+    | tee -a "$out/probe.txt"
 }
 
-bench() {  # IMAGE_SIZE GPU_DECODE PRECISION PEER [SLOT_POOL [SLOTS]]
+bench() {  # IMAGE_SIZE GPU_DECODE PRECISION PEER [SLOT_POOL [SLOTS [GPU_DECODER_PER]]]
   models
-  local es=default
-  [ -f "$out/engine_stream" ] && es=$(cat "$out/engine_stream")
   tb bench -m resnet50 -e onnxruntime -p "$3" -b 128 -d gpu:0 -t 16 --slots "${6:-4}" --slot-pool "${5:-auto}" \
-    --engine-stream "$es" \
-    --image-size "$1" --gpu-decode "$2" --peer "$4" --peer-images 8192 -n 16384 --naive-images 0 --bare-seconds 5 \
-    -o "$out/bench.jsonl" >"$out/bench-$1-$2-$3-${5:-auto}-${6:-4}.log" 2>&1 || tail -30 "$out/bench-$1-$2-$3-${5:-auto}-${6:-4}.log"
+    --gpu-decoder-per "${7:-slot}" --switch-interval-ms "${SWITCH_MS:-0}" \
+    --image-size "$1" --gpu-decode "$2" --peer "$4" --peer-images 8192 -n "${IMAGES:-16384}" --naive-images 0 --bare-seconds 5 \
+    --timeline "$out/timeline.jsonl" -o "$out/bench.jsonl" >"$out/bench-$1-$2-$3-${5:-auto}-${6:-4}-${7:-slot}-${SWITCH_MS:-0}.log" 2>&1 \
+    || tail -30 "$out/bench-$1-$2-$3-${5:-auto}-${6:-4}-${7:-slot}-${SWITCH_MS:-0}.log"
   tail -1 "$out/bench.jsonl" | cut -c1-1500
 }
 
@@ -160,6 +172,14 @@ case $step in
   bench-pillow) bench 500x375 off fp16 none threads ;;
   bench-processes) bench 500x375 on fp16 none processes; bench 500x375 off fp16 none processes ;;
   bench-fp32) bench 500x375 on fp32 none threads ;;
+  bench-decoders) bench 500x375 on fp16 none threads 4 slot; bench 500x375 on fp16 none threads 6 slot
+    bench 500x375 on fp16 none threads 4 process ;;
+  bench-steady)  # thread slots sharing a decoder: a job of 16,384 and one of 65,536 images; process slots
+    bench 500x375 on fp16 none threads 4 process; IMAGES=65536 bench 500x375 on fp16 none threads 4 process
+    IMAGES=65536 bench 500x375 on fp16 none processes 4 ;;
+  bench-gil)  # thread slots and the GIL switch interval (thread_switch_interval_ms): 0 = Python's 5 ms
+    for ms in 0 1 0.2; do SWITCH_MS=$ms bench 500x375 on fp16 none threads 4 process; done
+    SWITCH_MS=1 bench 500x375 on fp16 none threads 4 slot; SWITCH_MS=1 bench 500x375 on fp16 none threads 6 process ;;
   kill) kill_test ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
 esac

@@ -15,6 +15,37 @@ def _images(client: Client, job_id: str) -> int:
     return int(client.conn.hget(keys.job(job_id), "n_images") or 0)
 
 
+def write_timeline(client: Client, job_id: str, path: str) -> None:
+    """Every batch's steps (s since the job was created) and slot, one JSON line per batch, in order of
+    its inference: where a slot's time goes, and when the device waited."""
+    import json
+
+    created = float(client.conn.hget(keys.job(job_id), "created_s") or 0)
+    rows = sorted((BatchTimings.decode(v) for v in client.conn.hvals(keys.job_timings(job_id))),
+                  key=lambda r: r.infer_start_s)
+    steps = ("started_s", "fetched_s", "decode_start_s", "decode_end_s", "infer_start_s", "infer_end_s",
+             "postprocessed_s")
+    with open(path, "a") as fh:
+        for r in rows:
+            fh.write(json.dumps({"job": job_id, "pid": r.pid, "slot": r.slot,
+                                 **{s: round(getattr(r, s) - created, 4) for s in steps}}) + "\n")
+
+
+def steady_state(rows: list[BatchTimings], client: Client, job_id: str) -> dict[str, float]:
+    """The job's pace once it runs: images/s over its middle 80 % of batches (by when their inference
+    ended) - what a long job gets - and how long its start and its end took beside that pace:
+    ``startup_s`` job created -> first inference started, ``tail_s`` last inference -> last write."""
+    if len(rows) < 10:
+        return {}
+    ends = sorted(r.infer_end_s for r in rows)
+    lo, hi = len(ends) // 10, len(ends) - 1 - len(ends) // 10
+    per_batch = _images(client, job_id) / len(rows)
+    created = float(client.conn.hget(keys.job(job_id), "created_s") or rows[0].started_s)
+    return {"steady_images_per_s": (hi - lo) * per_batch / (ends[hi] - ends[lo]),
+            "startup_s": min(r.infer_start_s for r in rows) - created,
+            "tail_s": max(r.postprocessed_s for r in rows) - ends[-1]}
+
+
 def batch_stats(client: Client, job_id: str, e2e_ms_per_batch: float) -> dict[str, float]:
     """Per-batch pipeline timings from the worker's records (ms; ``BatchTimings``, common/schemas.py).
 
@@ -47,6 +78,7 @@ def batch_stats(client: Client, job_id: str, e2e_ms_per_batch: float) -> dict[st
     else:  # one shared device: what the queue adds to its critical path
         critical = out["infer_ms"] + (out["decode_ms"] if mode is PipelineMode.DECODE_UNDER_LOCK else 0.0)
         out["queue_overhead_ms_per_batch"] = max(0.0, e2e_ms_per_batch - critical)
+    out.update(steady_state(rows, client, job_id))
     out["pipeline_mode"] = mode.value
     out["h2d_bytes_per_batch"] = mean(r.h2d_bytes for r in rows)
     out["gpu_decoded_fraction"] = sum(r.gpu_decoded for r in rows) / max(1, _images(client, job_id))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 import threading
 from pathlib import Path
@@ -101,6 +102,34 @@ def tree_rss(pid: int) -> int:
 
     root = psutil.Process(pid)
     return sum(p.memory_info().rss for p in (root, *root.children(recursive=True)))
+
+
+def thread_cpu_s(pid: int) -> dict[tuple[int, int, str], float]:
+    """CPU seconds (user + system) of every thread of a process and its children, by (pid, tid, name),
+    from /proc: a worker whose Python threads add up to about one core is held by the GIL."""
+    import psutil
+
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[tuple[int, int, str], float] = {}
+    for proc in (psutil.Process(pid), *psutil.Process(pid).children(recursive=True)):
+        for task in Path(f"/proc/{proc.pid}/task").iterdir():
+            try:
+                stat = (task / "stat").read_text()
+                name = (task / "comm").read_text().strip()
+            except OSError:  # a thread that just ended
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            found[(proc.pid, int(task.name), name)] = (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
+def cpu_use(before: dict[tuple[int, int, str], float], after: dict[tuple[int, int, str], float],
+            seconds: float, top: int = 8) -> dict[str, Any]:
+    """Cores a process tree used over ``seconds``, in all and by its busiest threads."""
+    used = {key: after[key] - before.get(key, 0.0) for key in after}
+    busiest = sorted(used.items(), key=lambda kv: -kv[1])[:top]
+    return {"cores": round(sum(used.values()) / seconds, 2), "threads": len(used),
+            "busiest_threads": [[name, round(s / seconds, 2)] for (_, _, name), s in busiest]}
 
 
 def rss_sampler(pid: int) -> PeakSampler:

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from bench.env import BenchEnv, BenchOptions, run_producer, stop
-from bench.stats import batch_stats
-from bench.support import image_folder, rss_sampler
+from bench.stats import batch_stats, write_timeline
+from bench.support import cpu_use, image_folder, rss_sampler, thread_cpu_s
 from common import catalog, routing
 from common.config import Settings
 from common.schemas import JobRecord
@@ -208,10 +208,14 @@ def run(opts: BenchOptions, base: Settings | None = None) -> dict[str, Any]:
         worker = env.start_worker(opts, f"{opts.model}:{opts.precision}:{opts.batch_size}:{opts.engine}")
         sampler = rss_sampler(worker.pid)
         sampler.start()
+        cpu_before = thread_cpu_s(worker.pid)
         out["e2e"] = e2e(env, opts, folder)
+        out["worker_cpu"] = cpu_use(cpu_before, thread_cpu_s(worker.pid), out["e2e"]["seconds"])
         out["worker_rss"] = sampler.stop()
         ms_per_batch = 1000 * opts.batch_size / out["e2e"]["images_per_s"]
         out["stats"] = batch_stats(env.client, out["e2e"]["job_id"], ms_per_batch)
+        if opts.timeline:
+            write_timeline(env.client, out["e2e"]["job_id"], opts.timeline)
         out["naive"] = naive(env, opts, folder, resolved) if opts.naive_images else None
         stop(worker)
         worker = None
@@ -252,6 +256,8 @@ def report(opts: BenchOptions, out: dict[str, Any]) -> dict[str, Any]:
         "backend": opts.backend, "batch_size": opts.batch_size, "device": opts.device, "gpu": gpu,
         "threads": opts.threads, "slots": opts.slots, "overlap_decode": opts.overlap_decode,
         "slot_pool": opts.slot_pool, "engine_stream": opts.engine_stream,
+        "gpu_decoder_per": opts.gpu_decoder_per, "thread_switch_interval_ms": opts.thread_switch_interval_ms,
+        "gpu_jpeg_backend": opts.gpu_jpeg_backend,
         "gpu_decode": opts.gpu_decode, "image_size": opts.sizes, "cpu_count": os.cpu_count(), "versions": _versions(),
         "bare_images_per_s": round(a["images_per_s"], 2), "e2e_images_per_s": round(b["images_per_s"], 2),
         "ratio_e2e_over_bare": round(b["images_per_s"] / a["images_per_s"], 4),
@@ -265,6 +271,9 @@ def report(opts: BenchOptions, out: dict[str, Any]) -> dict[str, Any]:
         "images": b["images"], "failed": b["failed"],
         "producer_peak_rss_mb": round(b["producer_peak_rss_mb"], 1),
         "worker_peak_rss_mb": round(out["worker_rss"] / 2**20, 1),
+        "worker_cpu_during_e2e": out["worker_cpu"],
+        **{k: round(stats[k], 2 if k.endswith("_per_s") else 3) for k in ("steady_images_per_s", "startup_s", "tail_s")
+           if k in stats},
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     if "device" in a:

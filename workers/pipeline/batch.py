@@ -162,10 +162,11 @@ def gpu_decoder(ctx: SlotContext, pre: Preprocessor, predictor: Predictor) -> An
     """The GPU decoder for the model's preprocessing, when the worker decodes on the GPU and the
     predictor takes device batches; else None (the Pillow path).
 
-    Thread slots share one decoder (it serialises its batches): the JPEG engine is one per GPU, and
-    four decoders decoding at once each took four times as long as one alone (H200: 34-46 ms against
-    6-9 ms per batch of 128 500x375 JPEGs), with the CPU threads of each competing. Process slots
-    have one each, with the worker's cores shared among them."""
+    Every slot has its own decoder unless thread slots are told to share one per process
+    (``gpu_decoder_per = process``: it serialises their batches). Beside inference a batch's decode
+    mostly waits for the GPU (H200, 128 500x375 JPEGs: 7 ms alone, 29 ms beside ResNet50), so one
+    decoder caps a GPU at what it decodes in turn; decoders of their own let the slots' waits overlap.
+    The nvImageCodec CPU threads are the worker's cores, split among the decoders."""
     if not (ctx.identity.gpu_decode and predictor.accepts_device_input):
         return None
     from workers.pipeline.gpu_route import GPU, preprocess_route
@@ -173,7 +174,7 @@ def gpu_decoder(ctx: SlotContext, pre: Preprocessor, predictor: Predictor) -> An
     if preprocess_route(pre.pre) != GPU:  # every image of this model goes the Pillow path anyway
         return None
     key = (pre.pre, pre.chw, pre.max_pixels, pre.strict_modes)
-    shared = ctx.identity.thread_slots
+    shared = ctx.identity.shared_gpu_decoder
     cache = _PROCESS_DECODERS if shared else ctx.gpu_decoders
     with _PROCESS_DECODERS_LOCK:
         found = cache.get(key)
@@ -183,12 +184,22 @@ def gpu_decoder(ctx: SlotContext, pre: Preprocessor, predictor: Predictor) -> An
     return found or None
 
 
+def close_process_decoders() -> None:
+    """Free the decoders thread slots share (at worker shutdown)."""
+    with _PROCESS_DECODERS_LOCK:
+        for decoder in _PROCESS_DECODERS.values():
+            if decoder:
+                decoder.close()
+        _PROCESS_DECODERS.clear()
+
+
 def _new_gpu_decoder(ctx: SlotContext, pre: Preprocessor, predictor: Predictor, sharing: int) -> Any:
     from workers.pipeline.gpu_decode import GpuDecoder
 
     try:
         # nvImageCodec's own threads (JPEG parsing, Huffman decoding): the worker's cores
-        return GpuDecoder(pre, predictor.spec.gpu_id, max(1, ctx.identity.cpu_threads // sharing))
+        return GpuDecoder(pre, predictor.spec.gpu_id, max(1, ctx.identity.cpu_threads // sharing),
+                          ctx.settings.gpu_jpeg_backend)
     except Exception as exc:  # a decoder that cannot start: the slot decodes with Pillow, and says so
         log.error("GPU decoding is unavailable, decoding with Pillow: %s", exc)
         ctx.publish_state(last_error=f"GPU decode unavailable: {type(exc).__name__}: {exc}"[:500])

@@ -63,6 +63,8 @@ class WorkerIdentity:
     gpu_decode: bool = False
     #: slots are threads of the worker process (Celery's threads pool), not pool processes
     thread_slots: bool = False
+    #: thread slots take turns with one GPU decoder per process (gpu_decoder_per = process)
+    shared_gpu_decoder: bool = False
     schema: int = SCHEMA_VERSION
 
     @property

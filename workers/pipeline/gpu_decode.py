@@ -101,7 +101,7 @@ class GpuDecoder:
     """One per model preprocessing and pipeline slot - or per process, shared by thread slots: its
     batches are decoded one at a time (the kernels, decoder, stream and tables are reused)."""
 
-    def __init__(self, pre: Preprocessor, device_id: int = 0, cpu_threads: int = 0) -> None:
+    def __init__(self, pre: Preprocessor, device_id: int = 0, cpu_threads: int = 0, backend: str = "hybrid") -> None:
         import cupy
         from nvidia import nvimgcodec
 
@@ -110,9 +110,10 @@ class GpuDecoder:
         kinds = nvimgcodec.BackendKind
         # cpu_threads: nvImageCodec's own threads (JPEG parsing, the hybrid decoder's Huffman stage);
         # 0 would give every slot of a worker one per core
+        # backend: "hybrid" or "hardware" first (settings.gpu_jpeg_backend); GPU_ONLY (no H200 build) last
+        order = [kinds.HYBRID_CPU_GPU] if backend == "hybrid" else [kinds.HW_GPU_ONLY, kinds.HYBRID_CPU_GPU]
         self.decoder = nvimgcodec.Decoder(device_id=device_id, max_num_cpu_threads=cpu_threads, backends=[
-            nvimgcodec.Backend(kinds.HW_GPU_ONLY), nvimgcodec.Backend(kinds.HYBRID_CPU_GPU),
-            nvimgcodec.Backend(kinds.GPU_ONLY)], options=":fancy_upsampling=1")
+            nvimgcodec.Backend(kind) for kind in [*order, kinds.GPU_ONLY]], options=":fancy_upsampling=1")
         self.params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB,
                                               allow_any_depth=False, sample_format=nvimgcodec.SampleFormat.I_RGB)
         with _LOCK:  # compiling the module once per process
@@ -130,6 +131,35 @@ class GpuDecoder:
         self._mid: Any = None
         self._lock = threading.Lock()
         self.table_bytes = 0  # coefficient tables sent to the device so far
+
+    def warm(self) -> float:
+        """Decode one small JPEG now (the CUDA kernels compile, nvImageCodec starts its hardware decoder),
+        so a worker's first batch does not pay for it; seconds taken."""
+        import io
+        import time
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("RGB", (256, 192), (120, 60, 200)).save(buf, "JPEG", quality=90)
+        started = time.perf_counter()
+        out = self.decode([PayloadItem(0, "warm-up.jpg", buf.getvalue())], self._no_pillow)
+        if out.on_gpu != 1:
+            raise RuntimeError(f"the GPU decoder refused its warm-up image ({out.routed})")
+        return time.perf_counter() - started
+
+    @staticmethod
+    def _no_pillow(items: list[PayloadItem]) -> Any:
+        raise RuntimeError(f"{len(items)} warm-up images went the Pillow path")
+
+    def close(self) -> None:
+        """Free nvImageCodec's decoder and the device buffers once the last batch is done. Called at
+        shutdown: left to the interpreter's exit, freeing them crashed the process (H200, 0.9.0)."""
+        with self._lock:
+            self.stream.synchronize()
+            self._reuse, self._mid = None, None
+            self._sizes.clear()
+            self.decoder = None
 
     def _route(self, item: PayloadItem) -> str:
         if item.error:

@@ -62,6 +62,13 @@ def build_identity(settings: Settings, args: argparse.Namespace) -> WorkerIdenti
     gpu = args.device == "gpu"
     if settings.gpu_engine_stream not in ("default", "own"):
         raise ConfigError(f"gpu_engine_stream must be default or own, got {settings.gpu_engine_stream!r}")
+    if settings.gpu_decoder_per not in ("slot", "process"):
+        raise ConfigError(f"gpu_decoder_per must be slot or process, got {settings.gpu_decoder_per!r}")
+    if settings.gpu_jpeg_backend not in ("hybrid", "hardware"):
+        raise ConfigError(f"gpu_jpeg_backend must be hybrid or hardware, got {settings.gpu_jpeg_backend!r}")
+    if not 0 <= settings.thread_switch_interval_ms <= 100:
+        raise ConfigError(f"thread_switch_interval_ms must be 0 (Python's default) to 100, "
+                          f"got {settings.thread_switch_interval_ms}")
     node = probe_node(settings, gpu, args.gpu_index)
     caps = frozenset(node.capabilities(args.device))
     if not caps:
@@ -88,7 +95,8 @@ def build_identity(settings: Settings, args: argparse.Namespace) -> WorkerIdenti
                           predictor_threads=predictor_threads, shared_device=gpu or slots == 1,
                           capabilities=caps, queues=tuple(queues), node=node, lock_path=str(lock),
                           warm=tuple(args.warm or ()), start_id=uuid.uuid4().hex[:12],
-                          thread_slots=thread_slots(settings.slot_pool))
+                          thread_slots=thread_slots(settings.slot_pool),
+                          shared_gpu_decoder=thread_slots(settings.slot_pool) and settings.gpu_decoder_per == "process")
 
 
 def gpu_decode(setting: str, gpu: bool, node: NodeInfo) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -90,6 +91,8 @@ _THREAD_SLOTS: list[context.SlotContext] = []
 def start_thread_slots() -> list[context.SlotContext]:
     """Thread slots: every slot's context, built in the worker process and offered to the pool threads."""
     settings, identity = context.configured()
+    if settings.thread_switch_interval_ms > 0:
+        sys.setswitchinterval(settings.thread_switch_interval_ms / 1000)
     celery_sigterm = signal.getsignal(signal.SIGTERM)  # Celery's warm shutdown
     _preload(identity)
     for slot in range(identity.slots):
@@ -108,6 +111,9 @@ def start_thread_slots() -> list[context.SlotContext]:
 def _shutdown_thread_slots(**_: Any) -> None:
     for ctx in _THREAD_SLOTS:
         _close(ctx)
+    from workers.pipeline.batch import close_process_decoders
+
+    close_process_decoders()
 
 
 @worker_process_shutdown.connect
@@ -130,5 +136,9 @@ def _preload(identity: WorkerIdentity) -> None:
 
 
 def _close(ctx: context.SlotContext) -> None:
+    for decoder in ctx.gpu_decoders.values():
+        if decoder:  # nvImageCodec's decoders freed now, while CUDA is up (at interpreter exit they crashed)
+            decoder.close()
+    ctx.gpu_decoders.clear()
     ctx.predictors.close()
     ctx.pool.shutdown(wait=False, cancel_futures=True)

@@ -83,3 +83,44 @@ def test_preprocessing_the_kernels_reproduce_takes_the_gpu_path(pre: Preprocess)
 ], ids=["height", "pad", "pad-bgr", "bicubic", "nearest"])
 def test_preprocessing_the_kernels_do_not_reproduce_takes_the_pillow_path(pre: Preprocess, reason: str) -> None:
     assert preprocess_route(pre) == reason
+
+
+def test_each_thread_slot_has_its_own_gpu_decoder_unless_told_to_share(monkeypatch) -> None:
+    """gpu_decoder_per: slot -> one decoder per slot (their waits beside inference overlap);
+    process -> the thread slots of a process take turns with one; its CPU threads split accordingly."""
+    import argparse
+    from types import SimpleNamespace
+
+    from common.config import Settings
+    from common.errors import ConfigError
+    from common.imaging import Preprocessor
+    from workers.pipeline import batch
+    from workers.process.main import build_identity
+
+    made: list[int] = []
+
+    def new(ctx, pre, predictor, sharing):  # what the CPU threads of each decoder are split by
+        made.append(sharing)
+        return object()
+    monkeypatch.setattr(batch, "_new_gpu_decoder", new)
+    monkeypatch.setattr(batch, "_PROCESS_DECODERS", {})
+    pre = Preprocessor(Preprocess(), (3, 224, 224), LIMIT)
+    predictor = SimpleNamespace(accepts_device_input=True)
+
+    def slots(shared: bool) -> list:
+        ident = SimpleNamespace(gpu_decode=True, shared_gpu_decoder=shared, slots=4, thread_slots=True)
+        return [batch.gpu_decoder(SimpleNamespace(identity=ident, gpu_decoders={}), pre, predictor)
+                for _ in range(4)]
+    own = slots(False)
+    assert len({id(d) for d in own}) == 4 and made == [4] * 4
+    made.clear()
+    shared = slots(True)
+    assert len({id(d) for d in shared}) == 1 and made == [1]
+    args = argparse.Namespace(device="cpu", gpu_index=0, name="x", threads=1, decode_threads=0, slots=1,
+                              queues=None, warm=None)
+    with pytest.raises(ConfigError, match="gpu_decoder_per must be slot or process"):
+        build_identity(Settings.from_env({"TRTBATCH_GPU_DECODER_PER": "gpu"}), args)
+    ident = build_identity(Settings.from_env({"TRTBATCH_SLOT_POOL": "threads", "TRTBATCH_GPU_DECODER_PER": "process"}),
+                           args)
+    assert ident.shared_gpu_decoder and ident.thread_slots
+    assert not build_identity(Settings.from_env({"TRTBATCH_GPU_DECODER_PER": "process"}), args).shared_gpu_decoder
