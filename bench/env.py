@@ -42,8 +42,7 @@ class BenchOptions:
     peer_images: int = 0  # 0: as many as ours
     slot_pool: str = "auto"
     engine_stream: str = "default"
-    gpu_decoder_per: str = "slot"
-    thread_switch_interval_ms: float = 0.0
+    gpu_decoder_per: str = "process"
     gpu_jpeg_backend: str = "hybrid"
     timeline: str = ""  # also write every batch's step times here (JSON lines)
 
@@ -105,7 +104,6 @@ class BenchEnv:
         env["TRTBATCH_SLOT_POOL"] = opts.slot_pool
         env["TRTBATCH_GPU_ENGINE_STREAM"] = opts.engine_stream
         env["TRTBATCH_GPU_DECODER_PER"] = opts.gpu_decoder_per
-        env["TRTBATCH_THREAD_SWITCH_INTERVAL_MS"] = str(opts.thread_switch_interval_ms)
         env["TRTBATCH_GPU_JPEG_BACKEND"] = opts.gpu_jpeg_backend
         if kind == "gpu":
             index = opts.device.split(":", 1)[1] if ":" in opts.device else "0"

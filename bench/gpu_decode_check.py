@@ -113,7 +113,7 @@ def compare(files: list[Path], pre: Preprocessor, predictor: Any, batch_size: in
             tally: Tally) -> dict[str, Any]:
     from workers.pipeline.gpu_decode import GpuDecoder
 
-    gpu = GpuDecoder(pre, device_id)
+    gpu = GpuDecoder(pre, device_id, backend=Settings.from_env().gpu_jpeg_backend)  # as the workers decode
     try:
         _compare_batches(files, pre, predictor, batch_size, gpu, tally)
     finally:

@@ -99,18 +99,32 @@ def _beside(work, measure) -> tuple[float, float]:
     return ms, round(other, 2)
 
 
+PARTS = ("basic", "backends", "pipeline")
+#: nvImageCodec backend of the probe's decoders (--jpeg-backend); the figures in docs/gpu-verification.md
+#: were measured with the hardware engine first, as workers then decoded
+_BACKEND = ["hardware"]
+
+
+def _decoder(pre: Preprocessor, cpu_threads: int) -> Any:
+    from workers.pipeline.gpu_decode import GpuDecoder
+
+    return GpuDecoder(pre, 0, cpu_threads, _BACKEND[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, required=True)
     parser.add_argument("--model", required=True, help="An ONNX classifier taking [N, 3, 224, 224] float32.")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--parts", default="basic", help="Comma-separated: basic, backends, pipeline.")
+    parser.add_argument("--parts", default="basic", help=f"Comma-separated, of: {', '.join(PARTS)}.")
+    parser.add_argument("--jpeg-backend", choices=("hardware", "hybrid"), default="hardware")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
+    if parts - set(PARTS):
+        parser.error(f"--parts: unknown {', '.join(sorted(parts - set(PARTS)))} (choose from {', '.join(PARTS)})")
+    _BACKEND[0] = args.jpeg_backend
     import cupy as cp
     import onnxruntime as ort
-
-    from workers.pipeline.gpu_decode import GpuDecoder
 
     ort.preload_dlls()
     files = sorted(args.images.glob("*.jpg"))[:4 * args.batch_size]
@@ -121,24 +135,30 @@ def main() -> None:
     def batch(k: int) -> list[PayloadItem]:
         return items[(k % 4) * size:(k % 4 + 1) * size]
     _step("decoder")
-    decoder = GpuDecoder(pre, 0, 15)
+    decoder = _decoder(pre, 15)
     tensor = decoder.decode(batch(0), _no_pillow).tensor
     _step("first batch decoded")
-    out: dict[str, Any] = {"probe": "gpu_decode", "images": len(items), "batch_size": size,
+    out: dict[str, Any] = {"probe": "gpu_decode", "jpeg_backend": args.jpeg_backend, "images": len(items),
+                           "batch_size": size,
                            "decode_ms": _ms_per_call(lambda k: decoder.decode(batch(k), _no_pillow))}
     _step("decode alone timed")
     if "backends" in parts:
         out["backends"] = _backends(ort, cp, args.model, pre, batch, tensor)
     if "pipeline" in parts:
         out["pipeline"] = _pipelines(ort, cp, args.model, pre, batch)
-    if "basic" not in parts:
-        print(json.dumps(out))
-        _close([decoder])
-        return
+    if "basic" in parts:
+        _basic(out, ort, cp, args.model, pre, batch, decoder, tensor)
+    print(json.dumps(out))
+    _close([decoder])
+
+
+def _basic(out: dict[str, Any], ort: Any, cp: Any, model: str, pre: Preprocessor, batch, decoder: Any,
+           tensor: Any) -> None:
+    """Decoders at once, inference alone and beside decoding per stream mode, a matmul beside, the GIL."""
     out["decoders_at_once"] = {str(n): _at_once(pre, batch, n) for n in (1, 2, 4)}
     out["infer_ms"], out["beside_inference"] = {}, {}
     for mode in ("default", "own"):
-        out["infer_ms"][mode], out["beside_inference"][mode] = _engine_mode(ort, cp, args.model, mode, decoder,
+        out["infer_ms"][mode], out["beside_inference"][mode] = _engine_mode(ort, cp, model, mode, decoder,
                                                                              batch, tensor)
     a, stream = cp.random.random((4096, 4096), cp.float32), cp.cuda.Stream(non_blocking=True)
 
@@ -148,8 +168,6 @@ def main() -> None:
             stream.synchronize()
     out["beside_matmul_ms"] = _beside(matmul, lambda: _ms_per_call(lambda k: decoder.decode(batch(k), _no_pillow)))[0]
     out["gil_share"] = _gil_share(lambda k: decoder.decode(batch(k), _no_pillow))
-    print(json.dumps(out))
-    _close([decoder])
 
 
 def _close(decoders: list[Any]) -> None:
@@ -189,9 +207,7 @@ def _engine_mode(ort: Any, cp: Any, model: str, mode: str, decoder: Any, batch, 
 
 
 def _at_once(pre: Preprocessor, batch, n: int, reps: int = 8) -> dict[str, float]:
-    from workers.pipeline.gpu_decode import GpuDecoder
-
-    decoders = [GpuDecoder(pre, 0, max(1, 15 // n)) for _ in range(n)]
+    decoders = [_decoder(pre, max(1, 15 // n)) for _ in range(n)]
     _KEEP.extend(decoders)  # see _KEEP
     for d in decoders:
         d.decode(batch(0), _no_pillow)
@@ -307,6 +323,7 @@ class _Pipe:
         self.decode_s: list[float] = []
         self.infer_s: list[float] = []
         self.images, self.counting = 0, False
+        self._count = threading.Lock()  # two unlocked engines add to it at once
 
     def put(self, tensor: Any) -> None:
         import queue
@@ -339,14 +356,13 @@ class _Pipe:
                 run(tensor)
                 self.infer_s.append(time.perf_counter() - started)
             if self.counting:
-                self.images += len(tensor)
+                with self._count:
+                    self.images += len(tensor)
 
 
 def _pipeline(cp: Any, pre: Preprocessor, batch, n_decoders: int, runs: list, priority: bool, locked: bool,
               seconds: float = 5.0) -> dict[str, float]:
-    from workers.pipeline.gpu_decode import GpuDecoder
-
-    decoders = [GpuDecoder(pre, 0, max(1, 15 // n_decoders)) for _ in range(n_decoders)]
+    decoders = [_decoder(pre, max(1, 15 // n_decoders)) for _ in range(n_decoders)]
     _KEEP.extend(decoders)  # freeing nvImageCodec decoders between runs crashed the probe (H200, 0.9.0)
     for d in decoders:
         if priority:  # the resize kernels ahead of inference's (nvImageCodec's own streams keep theirs)

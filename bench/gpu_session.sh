@@ -5,8 +5,8 @@
 #       and ResNet50 jobs on GPU FP32/FP16 vs CPU, GPU-decode checks),
 #       bench-photo / bench-small / bench-pillow (trtbatch bench ResNet50 FP16 bs128: thread and process
 #       slots, GPU decode on and off, Ray Data beside it), bench-fp32, bench-decoders (thread slots with
-#       a GPU decoder each, 4 and 6, against one shared), bench-gil (thread slots under GIL switch
-#       intervals of 5, 1 and 0.2 ms), probe (bench/gpu_decode_probe.py, its parts in
+#       a GPU decoder each, 4 and 6, against one shared), bench-steady (16,384 and 65,536 images),
+#       bench-backends (nvImageCodec's hardware and hybrid JPEG backends), probe (bench/gpu_decode_probe.py, its parts in
 #       PROBE_PARTS; after a bench step, which makes the FP16 model), kill (two workers on the one GPU,
 #       one SIGKILLed mid-job).
 # Before the first step: the onnxruntime-gpu bundle in /tmp/parts, wheels in /tmp/whl, the models
@@ -126,7 +126,8 @@ print(f(Path('/tmp/img'), 512, '500x375')); print(f(Path('/tmp/img'), 64, '1600x
 probe() {  # where the GPU decoder's time goes beside inference: bench/gpu_decode_probe.py, parts PROBE_PARTS
   models
   python3 -c "from pathlib import Path; from bench.support import image_folder as f; print(f(Path('/tmp/img'), 512, '500x375'))"
-  # the FP16 form of ResNet50 the worker runs (made by an earlier bench step): the smallest model.onnx of 3x224x224
+  # the FP16 form of ResNet50 the worker runs (made by an earlier bench step): the smallest model.onnx of
+  # 3x224x224 (no INT8 form is made by these steps)
   local model
   model=$(python3 - <<'EOP'
 import glob, os
@@ -136,9 +137,10 @@ for p in glob.glob("/tmp/tb/**/model.onnx", recursive=True):
     shape = ort.InferenceSession(p, providers=["CPUExecutionProvider"]).get_inputs()[0].shape
     if list(shape)[1:] == [3, 224, 224]:
         found.append((os.path.getsize(p), p))
-print(min(found)[1])
+print(min(found)[1] if found else "")
 EOP
 )
+  [ -n "$model" ] || { echo "no ResNet50 ONNX form under /tmp/tb: run a bench step first" >&2; return 1; }
   echo "model: $model ($(du -h "$model" | cut -f1))"
   python3 bench/gpu_decode_probe.py --images /tmp/img/jpeg-500x375-512 --model "$model" \
     --parts "${PROBE_PARTS:-basic}" 2>&1 | grep -v "nvjpeg2k\|nvtiff\|nvJPEG2000\|nvTIFF\|Note:\|plugin EP" \
@@ -148,10 +150,10 @@ EOP
 bench() {  # IMAGE_SIZE GPU_DECODE PRECISION PEER [SLOT_POOL [SLOTS [GPU_DECODER_PER]]]
   models
   tb bench -m resnet50 -e onnxruntime -p "$3" -b 128 -d gpu:0 -t 16 --slots "${6:-4}" --slot-pool "${5:-auto}" \
-    --gpu-decoder-per "${7:-slot}" --switch-interval-ms "${SWITCH_MS:-0}" \
+    --gpu-decoder-per "${7:-process}" --jpeg-backend "${JPEG_BACKEND:-hybrid}" \
     --image-size "$1" --gpu-decode "$2" --peer "$4" --peer-images 8192 -n "${IMAGES:-16384}" --naive-images 0 --bare-seconds 5 \
-    --timeline "$out/timeline.jsonl" -o "$out/bench.jsonl" >"$out/bench-$1-$2-$3-${5:-auto}-${6:-4}-${7:-slot}-${SWITCH_MS:-0}.log" 2>&1 \
-    || tail -30 "$out/bench-$1-$2-$3-${5:-auto}-${6:-4}-${7:-slot}-${SWITCH_MS:-0}.log"
+    --timeline "$out/timeline.jsonl" -o "$out/bench.jsonl" >"$out/bench-$1-$2-$3-${5:-auto}-${6:-4}-${7:-process}-${JPEG_BACKEND:-hybrid}.log" 2>&1 \
+    || tail -30 "$out/bench-$1-$2-$3-${5:-auto}-${6:-4}-${7:-process}-${JPEG_BACKEND:-hybrid}.log"
   tail -1 "$out/bench.jsonl" | cut -c1-1500
 }
 
@@ -177,9 +179,8 @@ case $step in
   bench-steady)  # thread slots sharing a decoder: a job of 16,384 and one of 65,536 images; process slots
     bench 500x375 on fp16 none threads 4 process; IMAGES=65536 bench 500x375 on fp16 none threads 4 process
     IMAGES=65536 bench 500x375 on fp16 none processes 4 ;;
-  bench-gil)  # thread slots and the GIL switch interval (thread_switch_interval_ms): 0 = Python's 5 ms
-    for ms in 0 1 0.2; do SWITCH_MS=$ms bench 500x375 on fp16 none threads 4 process; done
-    SWITCH_MS=1 bench 500x375 on fp16 none threads 4 slot; SWITCH_MS=1 bench 500x375 on fp16 none threads 6 process ;;
+  bench-backends)  # thread slots sharing a decoder: nvImageCodec's hybrid and hardware-first JPEG backends
+    bench 500x375 on fp16 none threads 4 process; JPEG_BACKEND=hardware bench 500x375 on fp16 none threads 4 process ;;
   kill) kill_test ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
 esac

@@ -20,7 +20,7 @@ def write_timeline(client: Client, job_id: str, path: str) -> None:
     its inference: where a slot's time goes, and when the device waited."""
     import json
 
-    created = float(client.conn.hget(keys.job(job_id), "created_s") or 0)
+    created = float(client.conn.hget(keys.job(job_id), "created_s") or 0)  # 0: unix times, as stored
     rows = sorted((BatchTimings.decode(v) for v in client.conn.hvals(keys.job_timings(job_id))),
                   key=lambda r: r.infer_start_s)
     steps = ("started_s", "fetched_s", "decode_start_s", "decode_end_s", "infer_start_s", "infer_end_s",
@@ -34,16 +34,18 @@ def write_timeline(client: Client, job_id: str, path: str) -> None:
 def steady_state(rows: list[BatchTimings], client: Client, job_id: str) -> dict[str, float]:
     """The job's pace once it runs: images/s over its middle 80 % of batches (by when their inference
     ended) - what a long job gets - and how long its start and its end took beside that pace:
-    ``startup_s`` job created -> first inference started, ``tail_s`` last inference -> last write."""
-    if len(rows) < 10:
+    ``startup_s`` job created -> first inference started, ``tail_s`` last inference -> job finished."""
+    created, finished = client.conn.hmget(keys.job(job_id), "created_s", "finished_s")
+    if len(rows) < 10 or not created:
         return {}
     ends = sorted(r.infer_end_s for r in rows)
     lo, hi = len(ends) // 10, len(ends) - 1 - len(ends) // 10
     per_batch = _images(client, job_id) / len(rows)
-    created = float(client.conn.hget(keys.job(job_id), "created_s") or rows[0].started_s)
-    return {"steady_images_per_s": (hi - lo) * per_batch / (ends[hi] - ends[lo]),
-            "startup_s": min(r.infer_start_s for r in rows) - created,
-            "tail_s": max(r.postprocessed_s for r in rows) - ends[-1]}
+    out = {"steady_images_per_s": (hi - lo) * per_batch / (ends[hi] - ends[lo]),
+           "startup_s": min(r.infer_start_s for r in rows) - float(created)}
+    if finished:
+        out["tail_s"] = float(finished) - ends[-1]
+    return out
 
 
 def batch_stats(client: Client, job_id: str, e2e_ms_per_batch: float) -> dict[str, float]:

@@ -111,14 +111,22 @@ def thread_cpu_s(pid: int) -> dict[tuple[int, int, str], float]:
 
     tick = os.sysconf("SC_CLK_TCK")
     found: dict[tuple[int, int, str], float] = {}
-    for proc in (psutil.Process(pid), *psutil.Process(pid).children(recursive=True)):
-        for task in Path(f"/proc/{proc.pid}/task").iterdir():
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:  # the worker itself is gone: nothing to count
+        return found
+    for proc in procs:
+        try:
+            tasks = list(Path(f"/proc/{proc.pid}/task").iterdir())
+        except OSError:  # a pool process that just exited
+            continue
+        for task in tasks:
             try:
                 stat = (task / "stat").read_text()
                 name = (task / "comm").read_text().strip()
             except OSError:  # a thread that just ended
                 continue
-            fields = stat[stat.rindex(")") + 2:].split()
+            fields = stat[stat.rindex(")") + 2:].split()  # fields 14 and 15 of stat(5): utime, stime
             found[(proc.pid, int(task.name), name)] = (int(fields[11]) + int(fields[12])) / tick
     return found
 

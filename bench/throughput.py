@@ -256,7 +256,8 @@ def report(opts: BenchOptions, out: dict[str, Any]) -> dict[str, Any]:
         "backend": opts.backend, "batch_size": opts.batch_size, "device": opts.device, "gpu": gpu,
         "threads": opts.threads, "slots": opts.slots, "overlap_decode": opts.overlap_decode,
         "slot_pool": opts.slot_pool, "engine_stream": opts.engine_stream,
-        "gpu_decoder_per": opts.gpu_decoder_per, "thread_switch_interval_ms": opts.thread_switch_interval_ms,
+        # process slots have a decoder each whatever the option says
+        "gpu_decoder_per": opts.gpu_decoder_per if opts.slot_pool == "threads" else "slot",
         "gpu_jpeg_backend": opts.gpu_jpeg_backend,
         "gpu_decode": opts.gpu_decode, "image_size": opts.sizes, "cpu_count": os.cpu_count(), "versions": _versions(),
         "bare_images_per_s": round(a["images_per_s"], 2), "e2e_images_per_s": round(b["images_per_s"], 2),

@@ -27,15 +27,12 @@ from cli.util import Context, pass_ctx
 @click.option("--engine-stream", type=click.Choice(["default", "own"]), default="default", show_default=True,
               help="GPU: ONNX Runtime on its default streams or on a stream of each predictor's own "
                    "(worker setting gpu_engine_stream).")
-@click.option("--gpu-decoder-per", type=click.Choice(["slot", "process"]), default="slot", show_default=True,
-              help="GPU decode with thread slots: a decoder per slot or one per process (worker setting "
+@click.option("--gpu-decoder-per", type=click.Choice(["process", "slot"]), default="process", show_default=True,
+              help="GPU decode with thread slots: one decoder per process or one per slot (worker setting "
                    "gpu_decoder_per).")
 @click.option("--jpeg-backend", type=click.Choice(["hybrid", "hardware"]), default="hybrid", show_default=True,
-              help="GPU decode: nvImageCodec's hybrid CPU/GPU decoder or the GPU's JPEG engine (worker setting "
-                   "gpu_jpeg_backend).")
-@click.option("--switch-interval-ms", type=click.FloatRange(min=0, max=100), default=0.0, show_default=True,
-              help="Thread slots: the worker's GIL switch interval, ms (worker setting thread_switch_interval_ms; "
-                   "0: Python's 5 ms).")
+              help="GPU decode: nvImageCodec's hybrid CPU/GPU decoder or the GPU's JPEG engine first (worker "
+                   "setting gpu_jpeg_backend).")
 @click.option("-n", "--images", type=click.IntRange(min=16), default=960, show_default=True,
               help="End-to-end images (a long job shows the steady rate, not start-up).")
 @click.option("--naive-images", type=click.IntRange(min=0), default=160, show_default=True,
@@ -59,8 +56,7 @@ from cli.util import Context, pass_ctx
 @pass_ctx
 def bench(ctx: Context, model: str, precision: str, batch_size: int, device: str, threads: int,
           decode_threads: int, slots: int, overlap_decode: str, slot_pool: str, engine_stream: str,
-          gpu_decoder_per: str, jpeg_backend: str, switch_interval_ms: float,
-          images: int,
+          gpu_decoder_per: str, jpeg_backend: str, images: int,
           naive_images: int,
           image_size: str, engine: str, gpu_decode: str, peer: str, peer_images: int, bare_seconds: float,
           timeline: str, output: str | None) -> None:
@@ -80,8 +76,7 @@ def bench(ctx: Context, model: str, precision: str, batch_size: int, device: str
                         naive_images=naive_images, image_size=image_size, bare_seconds=bare_seconds, engine=engine,
                         gpu_decode=gpu_decode, peer=peer, peer_images=peer_images, slot_pool=slot_pool,
                         engine_stream=engine_stream, gpu_decoder_per=gpu_decoder_per,
-                        thread_switch_interval_ms=switch_interval_ms, timeline=timeline,
-                        gpu_jpeg_backend=jpeg_backend)
+                        timeline=timeline, gpu_jpeg_backend=jpeg_backend)
     emit_json_line(run(opts, ctx.settings), output)
 
 

@@ -110,7 +110,8 @@ class GpuDecoder:
         kinds = nvimgcodec.BackendKind
         # cpu_threads: nvImageCodec's own threads (JPEG parsing, the hybrid decoder's Huffman stage);
         # 0 would give every slot of a worker one per core
-        # backend: "hybrid" or "hardware" first (settings.gpu_jpeg_backend); GPU_ONLY (no H200 build) last
+        # settings.gpu_jpeg_backend: hybrid only, or the hardware engine then hybrid; GPU_ONLY (none on the
+        # H200) last
         order = [kinds.HYBRID_CPU_GPU] if backend == "hybrid" else [kinds.HW_GPU_ONLY, kinds.HYBRID_CPU_GPU]
         self.decoder = nvimgcodec.Decoder(device_id=device_id, max_num_cpu_threads=cpu_threads, backends=[
             nvimgcodec.Backend(kind) for kind in [*order, kinds.GPU_ONLY]], options=":fancy_upsampling=1")
@@ -143,18 +144,19 @@ class GpuDecoder:
         buf = io.BytesIO()
         Image.new("RGB", (256, 192), (120, 60, 200)).save(buf, "JPEG", quality=90)
         started = time.perf_counter()
-        out = self.decode([PayloadItem(0, "warm-up.jpg", buf.getvalue())], self._no_pillow)
+        out = self.decode([PayloadItem(0, "warm-up.jpg", buf.getvalue())], self._placeholder_rows)
         if out.on_gpu != 1:
-            raise RuntimeError(f"the GPU decoder refused its warm-up image ({out.routed})")
+            raise RuntimeError(f"the GPU decoder did not decode its warm-up JPEG ({out.routed})")
         return time.perf_counter() - started
 
-    @staticmethod
-    def _no_pillow(items: list[PayloadItem]) -> Any:
-        raise RuntimeError(f"{len(items)} warm-up images went the Pillow path")
+    def _placeholder_rows(self, items: list[PayloadItem]) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+        """What the warm-up puts in place of the Pillow path: zero rows (it only wants to know why)."""
+        return np.zeros((len(items), *self.chw), np.float32), [()] * len(items)
 
     def close(self) -> None:
         """Free nvImageCodec's decoder and the device buffers once the last batch is done. Called at
-        shutdown: left to the interpreter's exit, freeing them crashed the process (H200, 0.9.0)."""
+        shutdown: freed by the garbage collector (a function returning, the interpreter exiting),
+        nvImageCodec 0.9's decoder crashed the process on the H200."""
         with self._lock:
             self.stream.synchronize()
             self._reuse, self._mid = None, None
@@ -223,6 +225,8 @@ class GpuDecoder:
 
     def _decode_jpegs(self, datas: list[bytes]) -> list[Any]:
         """One batched decode on this decoder's stream, into the previous batch's buffers when it had as many."""
+        if self.decoder is None:
+            raise RuntimeError("this GPU decoder was closed (the worker is shutting down)")
         streams = [self.nv.CodeStream(d) for d in datas]
         if self._reuse is None:
             return self._into_new(streams)

@@ -66,9 +66,6 @@ def build_identity(settings: Settings, args: argparse.Namespace) -> WorkerIdenti
         raise ConfigError(f"gpu_decoder_per must be slot or process, got {settings.gpu_decoder_per!r}")
     if settings.gpu_jpeg_backend not in ("hybrid", "hardware"):
         raise ConfigError(f"gpu_jpeg_backend must be hybrid or hardware, got {settings.gpu_jpeg_backend!r}")
-    if not 0 <= settings.thread_switch_interval_ms <= 100:
-        raise ConfigError(f"thread_switch_interval_ms must be 0 (Python's default) to 100, "
-                          f"got {settings.thread_switch_interval_ms}")
     node = probe_node(settings, gpu, args.gpu_index)
     caps = frozenset(node.capabilities(args.device))
     if not caps:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import time
 from typing import Any
 
@@ -91,8 +90,6 @@ _THREAD_SLOTS: list[context.SlotContext] = []
 def start_thread_slots() -> list[context.SlotContext]:
     """Thread slots: every slot's context, built in the worker process and offered to the pool threads."""
     settings, identity = context.configured()
-    if settings.thread_switch_interval_ms > 0:
-        sys.setswitchinterval(settings.thread_switch_interval_ms / 1000)
     celery_sigterm = signal.getsignal(signal.SIGTERM)  # Celery's warm shutdown
     _preload(identity)
     for slot in range(identity.slots):
@@ -109,11 +106,13 @@ def start_thread_slots() -> list[context.SlotContext]:
 
 @worker_shutdown.connect
 def _shutdown_thread_slots(**_: Any) -> None:
-    for ctx in _THREAD_SLOTS:
-        _close(ctx)
+    # Celery sends worker_shutdown after a warm shutdown has let the running batches finish; a cold
+    # shutdown (a second Ctrl-C, SIGQUIT) does not, and GPU decoders are then left to the exit
     from workers.pipeline.batch import close_process_decoders
 
-    close_process_decoders()
+    close_process_decoders()  # decoders first, as _close does for a slot's own
+    for ctx in _THREAD_SLOTS:
+        _close(ctx)
 
 
 @worker_process_shutdown.connect

@@ -67,7 +67,12 @@ def warm_one(ctx: SlotContext, request: WarmRequest) -> dict[str, Any]:
     gpu = gpu_decoder(ctx, Preprocessor(manifest.preprocess, manifest.input.chw, ctx.settings.max_image_pixels,
                                         ctx.settings.strict_image_modes), predictor)
     if gpu is not None:  # its first use compiles kernels and starts nvImageCodec: ~1 s the first batch would wait
-        item["gpu_decoder_warm_s"] = round(gpu.warm(), 3)
+        try:
+            item["gpu_decoder_warm_s"] = round(gpu.warm(), 3)
+        except Exception as exc:  # the predictor is warm; batches still try the GPU, image by image
+            item["gpu_decoder_error"] = f"{type(exc).__name__}: {exc}"[:500]
+            log.error("GPU decoder warm-up for %s failed: %s", request.model, item["gpu_decoder_error"])
+            ctx.publish_state(last_error=f"GPU decoder warm-up: {item['gpu_decoder_error']}"[:500])
     return item
 
 

@@ -201,3 +201,29 @@ def test_decode_routes_refusals_and_failures_and_places_every_row() -> None:
     for row, i in enumerate(got.good):
         assert np.array_equal(got.tensor[row], pre(datas[i]).array), i
     assert got.h2d_bytes == 4 * got.tensor[0].nbytes
+
+
+def test_warm_up_fails_loudly_when_the_gpu_refuses_and_close_frees_the_decoder() -> None:
+    """``GpuDecoder.warm`` decodes one JPEG on the GPU or raises (a worker whose decoder cannot decode
+    says so at start, not in its first batch); ``close`` drops nvImageCodec's decoder and the buffers."""
+    import threading
+    from types import SimpleNamespace
+
+    import pytest
+
+    from workers.pipeline.gpu_decode import GpuDecoder
+    from workers.pipeline.gpu_route import GPU
+
+    pre = Preprocessor(Preprocess(), (3, 224, 224), 10**8)
+    dec = GpuDecoder.__new__(GpuDecoder)
+    dec.pre, dec.chw, dec.model_route, dec._lock, dec._reuse = pre, pre.chw, GPU, threading.Lock(), []
+    dec.cp = SimpleNamespace(empty=np.empty, asarray=np.asarray, float32=np.float32)
+    dec.stream, dec.nv, dec.params = _Stream(), SimpleNamespace(CodeStream=lambda d: d), None
+    dec._sizes, dec._mid = {}, None
+    dec.decoder = SimpleNamespace(decode=lambda streams, **_: [None] * len(streams))  # refuses everything
+    with pytest.raises(RuntimeError, match=r"did not decode its warm-up JPEG \(\{'GPU decoder refused it': 1\}\)"):
+        dec.warm()
+    dec.close()
+    assert dec.decoder is None and dec._reuse is None and dec._sizes == {}
+    with pytest.raises(RuntimeError, match="was closed"):
+        dec.warm()

@@ -85,9 +85,9 @@ def test_preprocessing_the_kernels_do_not_reproduce_takes_the_pillow_path(pre: P
     assert preprocess_route(pre) == reason
 
 
-def test_each_thread_slot_has_its_own_gpu_decoder_unless_told_to_share(monkeypatch) -> None:
-    """gpu_decoder_per: slot -> one decoder per slot (their waits beside inference overlap);
-    process -> the thread slots of a process take turns with one; its CPU threads split accordingly."""
+def test_thread_slots_share_one_gpu_decoder_unless_told_to_take_one_each(monkeypatch) -> None:
+    """gpu_decoder_per: process (the default) -> the thread slots of a process take turns with one
+    decoder; slot -> one each; the CPU threads of each decoder are split accordingly."""
     import argparse
     from types import SimpleNamespace
 
@@ -120,7 +120,32 @@ def test_each_thread_slot_has_its_own_gpu_decoder_unless_told_to_share(monkeypat
                               queues=None, warm=None)
     with pytest.raises(ConfigError, match="gpu_decoder_per must be slot or process"):
         build_identity(Settings.from_env({"TRTBATCH_GPU_DECODER_PER": "gpu"}), args)
-    ident = build_identity(Settings.from_env({"TRTBATCH_SLOT_POOL": "threads", "TRTBATCH_GPU_DECODER_PER": "process"}),
-                           args)
+    with pytest.raises(ConfigError, match="gpu_jpeg_backend must be hybrid or hardware"):
+        build_identity(Settings.from_env({"TRTBATCH_GPU_JPEG_BACKEND": "nvjpg"}), args)
+    ident = build_identity(Settings.from_env({"TRTBATCH_SLOT_POOL": "threads"}), args)
     assert ident.shared_gpu_decoder and ident.thread_slots
-    assert not build_identity(Settings.from_env({"TRTBATCH_GPU_DECODER_PER": "process"}), args).shared_gpu_decoder
+    own = Settings.from_env({"TRTBATCH_SLOT_POOL": "threads", "TRTBATCH_GPU_DECODER_PER": "slot"})
+    assert not build_identity(own, args).shared_gpu_decoder
+    assert not build_identity(Settings.from_env({}), args).shared_gpu_decoder  # process slots: one each
+
+
+def test_gpu_decoders_are_closed_at_shutdown(monkeypatch) -> None:
+    """A slot's own decoders and the ones thread slots share are closed (nvImageCodec freed while CUDA
+    is up) before the predictors go; a slot whose decoder could not start (False) is skipped."""
+    from types import SimpleNamespace
+
+    from workers.pipeline import batch
+    from workers.process import runtime
+
+    order: list[str] = []
+
+    def decoder(name: str) -> SimpleNamespace:
+        return SimpleNamespace(close=lambda: order.append(name))
+    monkeypatch.setattr(batch, "_PROCESS_DECODERS", {"k": decoder("shared")})
+    batch.close_process_decoders()
+    assert order == ["shared"] and batch._PROCESS_DECODERS == {}
+    ctx = SimpleNamespace(gpu_decoders={"a": decoder("own"), "b": False},
+                          predictors=SimpleNamespace(close=lambda: order.append("predictors")),
+                          pool=SimpleNamespace(shutdown=lambda **_: order.append("pool")))
+    runtime._close(ctx)
+    assert order == ["shared", "own", "predictors", "pool"] and ctx.gpu_decoders == {}
