@@ -38,7 +38,8 @@ def _optional_lines(st: dict[str, Any]) -> None:
     lines = [("error      {}", st.get("error")), ("dead       {} batch(es) dead-lettered", st.get("batches_dead"))]
     lines += [("{}", line) for line in reason_lines(st["error_reasons"], st["failed"] + st["cancelled"])]
     lines += [("{}", st.get("accuracy") and format_accuracy(st["accuracy"])),
-              ("served by  {}", ", ".join(st.get("served_by") or [])), ("warning    {}", st.get("unservable"))]
+              ("served     {}", ", ".join(f"{w} ({n} images)" for w, n in (st.get("served_images") or {}).items())),
+              ("serving    {}", ", ".join(st.get("serving") or [])), ("warning    {}", st.get("unservable"))]
     for template, value in lines:
         if value:
             click.echo(template.format(value))

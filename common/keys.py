@@ -16,6 +16,7 @@ Jobs
                                                result TTL
   trtbatch:job:<job>:accuracy            HASH  labelled jobs: "n:<label>" judged, "c:<label>" correct,
                                                "f:<label>" failed; result TTL
+  trtbatch:job:<job>:workers             HASH  worker name -> images whose records it wrote; result TTL
   trtbatch:payload:<job>:<batch>         STRING  msgpack claim-check of one batch's image bytes;
                                                payload TTL, deleted once the batch is written
   trtbatch:payload:<job>:<n>:eval        STRING  calibration jobs: batch n of the evaluation images; payload
@@ -95,10 +96,16 @@ def job_accuracy(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:accuracy"
 
 
+def job_workers(job_id: str) -> str:
+    """Hash of the workers that wrote a job's records: worker name -> images (new records only)."""
+    return f"{PREFIX}:job:{job_id}:workers"
+
+
 def job_keys(job_id: str) -> list[str]:
     """Every key that belongs to a job except its payloads (those expire on their own)."""
     return [job(job_id), job_results(job_id), job_errors(job_id), job_batches(job_id),
-            job_progress(job_id), job_attempts(job_id), job_timings(job_id), job_accuracy(job_id)]
+            job_progress(job_id), job_attempts(job_id), job_timings(job_id), job_accuracy(job_id),
+            job_workers(job_id)]
 
 
 def payload(job_id: str, batch_no: int) -> str:

@@ -41,13 +41,13 @@ if m[5] == '1' and (st == 'submitting' or st == 'queued' or st == 'running')
 end
 """
 
-# KEYS: job, results, errors, batches, payload, accuracy
-# ARGV: batch_no, ttl_s, now, batch_state, then per image: index, status (ok | failed | cancelled),
-#       record, label ('' when none), hit ('1' when the top-1 label is the label)
+# KEYS: job, results, errors, batches, payload, accuracy, workers
+# ARGV: batch_no, ttl_s, now, batch_state, worker ('' when none), then per image: index, status
+#       (ok | failed | cancelled), record, label ('' when none), hit ('1' when the top-1 label is the label)
 _WRITE_BATCH_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0, 0} end
 local new = {ok = 0, failed = 0, cancelled = 0}
-for i = 5, #ARGV, 5 do
+for i = 6, #ARGV, 5 do
   if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 2]) == 1 then
     local status, label = ARGV[i + 1], ARGV[i + 3]
     new[status] = new[status] + 1
@@ -73,9 +73,10 @@ if redis.call('HSETNX', KEYS[4], ARGV[1], ARGV[4]) == 1 then
     redis.call('HINCRBY', KEYS[1], 'batches_done', 1)
   end
 end
+if ARGV[5] ~= '' and new.ok + new.failed > 0 then redis.call('HINCRBY', KEYS[7], ARGV[5], new.ok + new.failed) end
 redis.call('DEL', KEYS[5])
 redis.call('HSET', KEYS[1], 'updated_s', ARGV[3])
-for _, k in ipairs({2, 3, 4, 6}) do redis.call('EXPIRE', KEYS[k], ARGV[2]) end
+for _, k in ipairs({2, 3, 4, 6, 7}) do redis.call('EXPIRE', KEYS[k], ARGV[2]) end
 """ + _FINISH_LUA + """
 return {new.ok, new.failed, new.cancelled}
 """
@@ -221,12 +222,13 @@ class JobStore:
                           payload_key: str, batch_state: str = "done") -> None:
         """Queue the idempotent write of one batch's records on ``pipe``: the caller adds its own
         commands to the same round trip and reads the reply with ``written(replies[i])``."""
-        args: list[Any] = [batch_no, self.ttl_s, time.time(), batch_state]
+        # a batch's records come from one worker (the producer's cancelled records from none)
+        args: list[Any] = [batch_no, self.ttl_s, time.time(), batch_state, records[0].worker if records else ""]
         for rec in records:
             args.extend((rec.index, _status(rec), rec.encode(), "" if rec.label is None else str(rec.label),
                          "1" if _hit(rec) else "0"))
         job_keys = [keys.job(job_id), keys.job_results(job_id), keys.job_errors(job_id),
-                    keys.job_batches(job_id), payload_key, keys.job_accuracy(job_id)]
+                    keys.job_batches(job_id), payload_key, keys.job_accuracy(job_id), keys.job_workers(job_id)]
         pipe.eval(_WRITE_BATCH_LUA, len(job_keys), *job_keys, *args)
 
     @staticmethod

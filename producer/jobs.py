@@ -19,7 +19,8 @@ SERVABLE_CHECK_S = 2.0
 
 
 def status(client: Client, job_id: str) -> dict[str, Any]:
-    """A job's record and counts, who serves it, and - for a labelled job - its accuracy. Applies the
+    """A job's record and counts, who serves it (``serving``: live workers able to) and who served it
+    (``served_images``: workers by images written), and - for a labelled job - its accuracy. Applies the
     unservable rule on the way (common/closeout.py), so looking at a stuck job is what ends it."""
     record = client.store.record(job_id)
     workers: list[fleet.WorkerInfo] = []
@@ -30,13 +31,20 @@ def status(client: Client, job_id: str) -> dict[str, Any]:
         closeout.check_servable(client.store, workers, record, client.settings.unservable_grace_s)
     st = client.store.status(job_id)
     out = st.as_dict()
-    out["served_by"] = None
+    out["serving"] = None  # live workers able to serve it (a job still running)
     out["unservable"] = None
     if not st.terminal:
-        out["served_by"] = sorted(w.name for w in fleet.servers_of(workers, out["queue"]))
+        out["serving"] = sorted(w.name for w in fleet.servers_of(workers, out["queue"]))
         out["unservable"] = fleet.unservable_reason(workers, out["queue"])
     out["accuracy"] = accuracy(client, job_id) if st.job.kind == "inference" else None
+    out["served_images"] = served_images(client, job_id)
     return out
+
+
+def served_images(client: Client, job_id: str) -> dict[str, int]:
+    """The workers that wrote the job's records, busiest first: name -> images (ok or failed)."""
+    tally = {k.decode(): int(v) for k, v in client.conn.hgetall(keys.job_workers(job_id)).items()}
+    return dict(sorted(tally.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def wait(client: Client, job_id: str, on_progress: Callable[[JobStatus], None] | None = None,

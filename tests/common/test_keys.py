@@ -64,7 +64,7 @@ def test_job_keys_covers_every_per_job_key() -> None:
                and fn(job_id).startswith(f"trtbatch:job:{job_id}")}
     assert per_job == {keys.job(job_id), keys.job_results(job_id), keys.job_errors(job_id),
                        keys.job_batches(job_id), keys.job_progress(job_id), keys.job_attempts(job_id),
-                       keys.job_timings(job_id), keys.job_accuracy(job_id)}
+                       keys.job_timings(job_id), keys.job_accuracy(job_id), keys.job_workers(job_id)}
     assert set(keys.job_keys(job_id)) == per_job
     assert len(keys.job_keys(job_id)) == len(per_job)
     assert keys.payload(job_id, 0) not in keys.job_keys(job_id)  # payloads expire on their own

@@ -90,6 +90,23 @@ def test_redelivered_batch_changes_nothing(store: JobStore) -> None:
     assert not store.conn.exists(key)
 
 
+def test_the_workers_that_wrote_a_jobs_records_are_counted_once_per_image(store: JobStore) -> None:
+    """``job_workers``: worker -> images it recorded (ok or failed); a redelivered batch a second worker
+    writes again adds nothing; records of no worker (the producer's cancellations) are not counted."""
+    from dataclasses import replace
+
+    new_job(store, batch_size=2)
+
+    def by(worker: str, *records: ResultRecord) -> list[ResultRecord]:
+        return [replace(r, worker=worker) for r in records]
+    store.write_batch("j", 0, by("gpu0@a", rec(0), rec(1, ok=False)), payload(store, "j", 0))
+    store.write_batch("j", 0, by("gpu1@b", rec(0), rec(1)), payload(store, "j", 0))  # a redelivery
+    store.write_batch("j", 1, by("gpu1@b", rec(2)), payload(store, "j", 1))
+    store.write_batch("j", 2, [rec(3)], payload(store, "j", 2))
+    assert store.conn.hgetall(keys.job_workers("j")) == {b"gpu0@a": b"2", b"gpu1@b": b"1"}
+    assert 0 < store.conn.ttl(keys.job_workers("j")) <= TTL
+
+
 def test_dead_and_failed_batch_states(store: JobStore) -> None:
     new_job(store)
     store.write_batch("j", 0, [rec(0, ok=False)], payload(store, "j", 0), batch_state="dead:worker lost 8 times")

@@ -136,7 +136,7 @@ def test_status_says_when_no_live_worker_can_serve(client, cpu_worker, digits):
     job_id = submit.submit(client, opts)
     st = jobs.status(client, job_id)
     assert st["queue"] == "trtbatch.paddle.any.fp16"  # digits has no ONNX form: only Paddle-TRT can serve it
-    assert st["served_by"] == []
+    assert st["serving"] == [] and st["served_images"] == {}
     assert "no live worker can serve queue trtbatch.paddle.any.fp16" in st["unservable"]
     closeout.cancel(client.store, job_id)
 
