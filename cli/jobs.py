@@ -18,7 +18,8 @@ from producer import jobs as jobs_lib
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (numbers, booleans and lists as such).")
 @pass_ctx
 def status(ctx: Context, job_id: str, as_json: bool) -> None:
-    """Show a job's state, counts, failure reasons, accuracy (labelled jobs) and who can serve it."""
+    """Show a job's state, counts, failure reasons, accuracy (labelled jobs), who can serve it and which
+    workers wrote its results."""
     st = jobs_lib.status(ctx.client, job_id)
     if as_json:
         echo_json(st)
@@ -38,7 +39,8 @@ def _optional_lines(st: dict[str, Any]) -> None:
     lines = [("error      {}", st.get("error")), ("dead       {} batch(es) dead-lettered", st.get("batches_dead"))]
     lines += [("{}", line) for line in reason_lines(st["error_reasons"], st["failed"] + st["cancelled"])]
     lines += [("{}", st.get("accuracy") and format_accuracy(st["accuracy"])),
-              ("served     {}", ", ".join(f"{w} ({n} images)" for w, n in (st.get("served_images") or {}).items())),
+              ("results by {}", ", ".join(f"{w} ({n} image{'' if n == 1 else 's'})"
+                                          for w, n in (st.get("served_images") or {}).items())),
               ("serving    {}", ", ".join(st.get("serving") or [])), ("warning    {}", st.get("unservable"))]
     for template, value in lines:
         if value:

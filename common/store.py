@@ -222,7 +222,8 @@ class JobStore:
                           payload_key: str, batch_state: str = "done") -> None:
         """Queue the idempotent write of one batch's records on ``pipe``: the caller adds its own
         commands to the same round trip and reads the reply with ``written(replies[i])``."""
-        # a batch's records come from one worker (the producer's cancelled records from none)
+        # a batch's records come from one worker; close-out's (cancel, unservable) from none. The script
+        # counts a worker's ok and failed records, never cancelled ones
         args: list[Any] = [batch_no, self.ttl_s, time.time(), batch_state, records[0].worker if records else ""]
         for rec in records:
             args.extend((rec.index, _status(rec), rec.encode(), "" if rec.label is None else str(rec.label),

@@ -42,7 +42,8 @@ def status(client: Client, job_id: str) -> dict[str, Any]:
 
 
 def served_images(client: Client, job_id: str) -> dict[str, int]:
-    """The workers that wrote the job's records, busiest first: name -> images (ok or failed)."""
+    """The workers that wrote the job's records (ok or failed; not close-out's cancelled or unservable
+    ones), busiest first: name -> images."""
     tally = {k.decode(): int(v) for k, v in client.conn.hgetall(keys.job_workers(job_id)).items()}
     return dict(sorted(tally.items(), key=lambda kv: (-kv[1], kv[0])))
 

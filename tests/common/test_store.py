@@ -105,6 +105,13 @@ def test_the_workers_that_wrote_a_jobs_records_are_counted_once_per_image(store:
     store.write_batch("j", 2, [rec(3)], payload(store, "j", 2))
     assert store.conn.hgetall(keys.job_workers("j")) == {b"gpu0@a": b"2", b"gpu1@b": b"1"}
     assert 0 < store.conn.ttl(keys.job_workers("j")) <= TTL
+    from types import SimpleNamespace
+
+    from producer.jobs import served_images
+
+    store.write_batch("j", 3, by("cpu@c", rec(4), rec(5)), payload(store, "j", 3))
+    assert list(served_images(SimpleNamespace(conn=store.conn), "j").items()) == [  # busiest first, then by name
+        ("cpu@c", 2), ("gpu0@a", 2), ("gpu1@b", 1)]
 
 
 def test_dead_and_failed_batch_states(store: JobStore) -> None:

@@ -42,7 +42,9 @@ def test_digits_accuracy_end_to_end(client, cpu_worker, digits):
     assert {k: (v["labelled"], v["correct"]) for k, v in acc["per_class"].items()} == \
         {k: (len(v), sum(v)) for k, v in truth.items()}
     assert list(acc["per_class"]) == [str(i) for i in range(10)]
-    assert jobs.status(client, job_id)["accuracy"] == acc
+    st = jobs.status(client, job_id)
+    assert st["accuracy"] == acc
+    assert st["served_images"] == {cpu_worker: 540} and st["serving"] is None  # a finished job: who served it
     rec = records[0]
     assert rec.ok and rec.error is None
     assert rec.worker == cpu_worker and rec.device == "cpu" and rec.precision == "fp32" and rec.backend == "cpu"
