@@ -110,10 +110,10 @@ class Tally:
 
 
 def compare(files: list[Path], pre: Preprocessor, predictor: Any, batch_size: int, device_id: int,
-            tally: Tally) -> dict[str, Any]:
+            tally: Tally, jpeg_backend: str) -> dict[str, Any]:
     from workers.pipeline.gpu_decode import GpuDecoder
 
-    gpu = GpuDecoder(pre, device_id, backend=Settings.from_env().gpu_jpeg_backend)  # as the workers decode
+    gpu = GpuDecoder(pre, device_id, backend=jpeg_backend)  # as the workers decode (gpu_jpeg_backend)
     try:
         _compare_batches(files, pre, predictor, batch_size, gpu, tally)
     finally:
@@ -162,7 +162,7 @@ def main() -> None:
     files = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     tally = Tally(_pixel_units(pre)[None, :, None, None], list(manifest.postprocess.labels), _labels(args.images))
     result = {"model": args.model, "folder": str(args.images), "batch_size": args.batch_size,
-              **compare(files, pre, predictor, args.batch_size, args.device, tally)}
+              **compare(files, pre, predictor, args.batch_size, args.device, tally, client.settings.gpu_jpeg_backend)}
     emit_json_line(result, args.output)
 
 

@@ -260,8 +260,6 @@ def _backends(ort: Any, cp: Any, model: str, pre: Preprocessor, batch, tensor: A
     """Each nvImageCodec backend on its own: images of a batch it decodes, ms alone, ms beside inference."""
     from nvidia import nvimgcodec
 
-    from workers.pipeline.gpu_decode import GpuDecoder
-
     run = _runner(_session(ort, cp, model, False)[0])
     _step("session")
     run(tensor)
@@ -269,7 +267,7 @@ def _backends(ort: Any, cp: Any, model: str, pre: Preprocessor, batch, tensor: A
     found: dict[str, Any] = {}
     for kind in ("HW_GPU_ONLY", "HYBRID_CPU_GPU", "GPU_ONLY"):
         _step(kind)
-        d = GpuDecoder(pre, 0, 15)
+        d = _decoder(pre, 15)
         _KEEP.append(d)
         _KEEP_RAW.append(d.decoder)  # freed in _close, not here (see _KEEP)
         try:

@@ -35,12 +35,12 @@ def steady_state(rows: list[BatchTimings], client: Client, job_id: str) -> dict[
     """The job's pace once it runs: images/s over its middle 80 % of batches (by when their inference
     ended) - what a long job gets - and how long its start and its end took beside that pace:
     ``startup_s`` job created -> first inference started, ``tail_s`` last inference -> job finished."""
-    created, finished = client.conn.hmget(keys.job(job_id), "created_s", "finished_s")
+    created, finished, n_images = client.conn.hmget(keys.job(job_id), "created_s", "finished_s", "n_images")
     if len(rows) < 10 or not created:
         return {}
     ends = sorted(r.infer_end_s for r in rows)
     lo, hi = len(ends) // 10, len(ends) - 1 - len(ends) // 10
-    per_batch = _images(client, job_id) / len(rows)
+    per_batch = int(n_images or 0) / len(rows)
     out = {"steady_images_per_s": (hi - lo) * per_batch / (ends[hi] - ends[lo]),
            "startup_s": min(r.infer_start_s for r in rows) - float(created)}
     if finished:

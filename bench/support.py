@@ -112,7 +112,8 @@ def thread_cpu_s(pid: int) -> dict[tuple[int, int, str], float]:
     tick = os.sysconf("SC_CLK_TCK")
     found: dict[tuple[int, int, str], float] = {}
     try:
-        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
     except psutil.Error:  # the worker itself is gone: nothing to count
         return found
     for proc in procs:

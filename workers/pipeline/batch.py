@@ -119,8 +119,7 @@ def infer_items(ctx: SlotContext, task: BatchTask, items: list[PayloadItem], man
                 predictor: Predictor, stamps: list[float]) -> BatchOutcome:
     """Decode, infer under the device lock, postprocess, write. ``stamps`` (unix s) grows from
     [started, fetched] to the seven steps of ``BatchTimings``."""
-    pre = Preprocessor(manifest.preprocess, manifest.input.chw, ctx.settings.max_image_pixels,
-                       ctx.settings.strict_image_modes)
+    pre = ctx.preprocessor(manifest)
     gpu = gpu_decoder(ctx, pre, predictor)
     mode = ctx.identity.pipeline_mode
     if mode is PipelineMode.PARTITIONED:  # CPU: this slot owns its cores
@@ -184,13 +183,19 @@ def gpu_decoder(ctx: SlotContext, pre: Preprocessor, predictor: Predictor) -> An
     return found or None
 
 
+def close_decoders(cache: dict[Any, Any]) -> None:
+    """Free a cache's GPU decoders now, while CUDA is up (at interpreter exit they crashed); False
+    entries are decoders that could not start."""
+    for decoder in cache.values():
+        if decoder:
+            decoder.close()
+    cache.clear()
+
+
 def close_process_decoders() -> None:
     """Free the decoders thread slots share (at worker shutdown)."""
     with _PROCESS_DECODERS_LOCK:
-        for decoder in _PROCESS_DECODERS.values():
-            if decoder:
-                decoder.close()
-        _PROCESS_DECODERS.clear()
+        close_decoders(_PROCESS_DECODERS)
 
 
 def _new_gpu_decoder(ctx: SlotContext, pre: Preprocessor, predictor: Predictor, sharing: int) -> Any:

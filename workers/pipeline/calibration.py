@@ -22,7 +22,6 @@ import numpy as np
 from common import calibration as calib_contract
 from common import catalog, keys
 from common.errors import CalibrationError, PermanentError
-from common.imaging import Preprocessor
 from common.manifest import ONNX_FILE, ModelManifest
 from common.routing import INT8_QUANTIZED, INT8_TRT_CALIB, choose
 from common.schemas import BatchPayload, CalibTask
@@ -39,8 +38,7 @@ log = logging.getLogger("trtbatch.calibration")
 def decode_set(ctx: SlotContext, job_id: str, payload_keys: tuple[str, ...], manifest: ModelManifest,
                limit: int, count_progress: bool) -> tuple[np.ndarray, list[str | None], int]:
     """Usable arrays (at most ``limit``, 0 = all), their labels, and how many images were unusable."""
-    pre = Preprocessor(manifest.preprocess, manifest.input.chw, ctx.settings.max_image_pixels,
-                       ctx.settings.strict_image_modes)
+    pre = ctx.preprocessor(manifest)
     arrays, labels, bad = [], [], 0
     for key in payload_keys:
         raw = ctx.conn.get(key)

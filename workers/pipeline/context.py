@@ -33,6 +33,7 @@ from common import fleet, redisconn
 from common.artifacts import ArtifactStore
 from common.config import Settings
 from common.errors import DecodeError
+from common.imaging import Preprocessor
 from common.manifest import ModelManifest
 from common.node import NodeInfo
 from common.schemas import SCHEMA_VERSION, Device, PipelineMode, ResultRecord, SlotState
@@ -161,6 +162,11 @@ class SlotContext:
 
     def engine_dir(self, cache_name: str) -> Path:
         return self.cache_dir / "engines" / cache_name
+
+    def preprocessor(self, manifest: ModelManifest) -> Preprocessor:
+        """The model's preprocessing under this worker's image limits (the GPU decoders are cached by it)."""
+        return Preprocessor(manifest.preprocess, manifest.input.chw, self.settings.max_image_pixels,
+                            self.settings.strict_image_modes)
 
     def publish_state(self, pipe: Any = None, **changes: Any) -> None:
         """Update this slot's fleet record; queued on ``pipe`` if given, else sent now."""

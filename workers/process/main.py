@@ -66,6 +66,7 @@ def build_identity(settings: Settings, args: argparse.Namespace) -> WorkerIdenti
         raise ConfigError(f"gpu_decoder_per must be slot or process, got {settings.gpu_decoder_per!r}")
     if settings.gpu_jpeg_backend not in ("hybrid", "hardware"):
         raise ConfigError(f"gpu_jpeg_backend must be hybrid or hardware, got {settings.gpu_jpeg_backend!r}")
+    threads_pool = thread_slots(settings.slot_pool)
     node = probe_node(settings, gpu, args.gpu_index)
     caps = frozenset(node.capabilities(args.device))
     if not caps:
@@ -92,8 +93,8 @@ def build_identity(settings: Settings, args: argparse.Namespace) -> WorkerIdenti
                           predictor_threads=predictor_threads, shared_device=gpu or slots == 1,
                           capabilities=caps, queues=tuple(queues), node=node, lock_path=str(lock),
                           warm=tuple(args.warm or ()), start_id=uuid.uuid4().hex[:12],
-                          thread_slots=thread_slots(settings.slot_pool),
-                          shared_gpu_decoder=thread_slots(settings.slot_pool) and settings.gpu_decoder_per == "process")
+                          thread_slots=threads_pool,
+                          shared_gpu_decoder=threads_pool and settings.gpu_decoder_per == "process")
 
 
 def gpu_decode(setting: str, gpu: bool, node: NodeInfo) -> bool:

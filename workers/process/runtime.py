@@ -135,9 +135,8 @@ def _preload(identity: WorkerIdentity) -> None:
 
 
 def _close(ctx: context.SlotContext) -> None:
-    for decoder in ctx.gpu_decoders.values():
-        if decoder:  # nvImageCodec's decoders freed now, while CUDA is up (at interpreter exit they crashed)
-            decoder.close()
-    ctx.gpu_decoders.clear()
+    from workers.pipeline.batch import close_decoders
+
+    close_decoders(ctx.gpu_decoders)
     ctx.predictors.close()
     ctx.pool.shutdown(wait=False, cancel_futures=True)

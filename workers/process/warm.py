@@ -22,7 +22,6 @@ from typing import Any
 from celery import bootsteps
 
 from common import catalog, fleet, redisconn
-from common.imaging import Preprocessor
 from common.routing import ENGINE_TARGETS, choose
 from workers.pipeline import context
 from workers.pipeline.batch import gpu_decoder
@@ -64,8 +63,7 @@ def warm_one(ctx: SlotContext, request: WarmRequest) -> dict[str, Any]:
     warm_s = predictor.warm((1, batch), manifest.input.chw)
     item = {"model": resolved.name, "version": resolved.version_id, "engine": engine, "backend": backend,
             "precision": request.precision, "batch": batch, "build_s": round(built, 3), "warm_s": round(warm_s, 3)}
-    gpu = gpu_decoder(ctx, Preprocessor(manifest.preprocess, manifest.input.chw, ctx.settings.max_image_pixels,
-                                        ctx.settings.strict_image_modes), predictor)
+    gpu = gpu_decoder(ctx, ctx.preprocessor(manifest), predictor)
     if gpu is not None:  # its first use compiles kernels and starts nvImageCodec: ~1 s the first batch would wait
         try:
             item["gpu_decoder_warm_s"] = round(gpu.warm(), 3)
