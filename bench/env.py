@@ -42,7 +42,8 @@ class BenchOptions:
     peer_images: int = 0  # 0: as many as ours
     slot_pool: str = "auto"
     engine_stream: str = "default"
-    gpu_decoder_per: str = "process"
+    gpu_decoders: int = 2
+    prefetch_multiplier: int = 1
     gpu_jpeg_backend: str = "hybrid"
     timeline: str = ""  # also write every batch's step times here (JSON lines)
 
@@ -103,7 +104,8 @@ class BenchEnv:
         env["TRTBATCH_GPU_DECODE"] = opts.gpu_decode
         env["TRTBATCH_SLOT_POOL"] = opts.slot_pool
         env["TRTBATCH_GPU_ENGINE_STREAM"] = opts.engine_stream
-        env["TRTBATCH_GPU_DECODER_PER"] = opts.gpu_decoder_per
+        env["TRTBATCH_GPU_DECODERS"] = str(opts.gpu_decoders)
+        env["TRTBATCH_PREFETCH_MULTIPLIER"] = str(opts.prefetch_multiplier)
         env["TRTBATCH_GPU_JPEG_BACKEND"] = opts.gpu_jpeg_backend
         if kind == "gpu":
             index = opts.device.split(":", 1)[1] if ":" in opts.device else "0"

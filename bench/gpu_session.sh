@@ -5,7 +5,7 @@
 #       and ResNet50 jobs on GPU FP32/FP16 vs CPU, GPU-decode checks),
 #       bench-photo / bench-small / bench-pillow (trtbatch bench ResNet50 FP16 bs128: thread and process
 #       slots, GPU decode on and off, Ray Data beside it), bench-fp32, bench-decoders (thread slots with
-#       a GPU decoder each, 4 and 6, against one shared), bench-steady (16,384 and 65,536 images),
+#       1-3 GPU decoders per process, prefetch 1 and 2), bench-steady (16,384 and 65,536 images),
 #       bench-backends (nvImageCodec's hardware and hybrid JPEG backends), probe (bench/gpu_decode_probe.py, its parts in
 #       PROBE_PARTS; after a bench step, which makes the FP16 model), kill (two workers on the one GPU,
 #       one SIGKILLed mid-job).
@@ -143,17 +143,17 @@ EOP
   [ -n "$model" ] || { echo "no ResNet50 ONNX form under /tmp/tb: run a bench step first" >&2; return 1; }
   echo "model: $model ($(du -h "$model" | cut -f1))"
   python3 bench/gpu_decode_probe.py --images /tmp/img/jpeg-500x375-512 --model "$model" \
-    --parts "${PROBE_PARTS:-basic}" 2>&1 | grep -v "nvjpeg2k\|nvtiff\|nvJPEG2000\|nvTIFF\|Note:\|plugin EP" \
+    --parts "${PROBE_PARTS:-basic}" --jpeg-backend "${JPEG_BACKEND:-hybrid}" 2>&1 | grep -v "nvjpeg2k\|nvtiff\|nvJPEG2000\|nvTIFF\|Note:\|plugin EP" \
     | tee -a "$out/probe.txt"
 }
 
-bench() {  # IMAGE_SIZE GPU_DECODE PRECISION PEER [SLOT_POOL [SLOTS [GPU_DECODER_PER]]]
+bench() {  # IMAGE_SIZE GPU_DECODE PRECISION PEER [SLOT_POOL [SLOTS [GPU_DECODERS]]]; env IMAGES, PREFETCH, JPEG_BACKEND
   models
   tb bench -m resnet50 -e onnxruntime -p "$3" -b 128 -d gpu:0 -t 16 --slots "${6:-4}" --slot-pool "${5:-auto}" \
-    --gpu-decoder-per "${7:-process}" --jpeg-backend "${JPEG_BACKEND:-hybrid}" \
+    --gpu-decoders "${7:-2}" --prefetch-multiplier "${PREFETCH:-1}" --jpeg-backend "${JPEG_BACKEND:-hybrid}" \
     --image-size "$1" --gpu-decode "$2" --peer "$4" --peer-images 8192 -n "${IMAGES:-16384}" --naive-images 0 --bare-seconds 5 \
-    --timeline "$out/timeline.jsonl" -o "$out/bench.jsonl" >"$out/bench-$1-$2-$3-${5:-auto}-${6:-4}-${7:-process}-${JPEG_BACKEND:-hybrid}.log" 2>&1 \
-    || tail -30 "$out/bench-$1-$2-$3-${5:-auto}-${6:-4}-${7:-process}-${JPEG_BACKEND:-hybrid}.log"
+    --timeline "$out/timeline.jsonl" -o "$out/bench.jsonl" >"$out/bench-$1-$2-$3-${5:-auto}-${6:-4}-${7:-2}-p${PREFETCH:-1}-${JPEG_BACKEND:-hybrid}.log" 2>&1 \
+    || tail -30 "$out/bench-$1-$2-$3-${5:-auto}-${6:-4}-${7:-2}-p${PREFETCH:-1}-${JPEG_BACKEND:-hybrid}.log"
   tail -1 "$out/bench.jsonl" | cut -c1-1500
 }
 
@@ -174,13 +174,14 @@ case $step in
   bench-pillow) bench 500x375 off fp16 none threads ;;
   bench-processes) bench 500x375 on fp16 none processes; bench 500x375 off fp16 none processes ;;
   bench-fp32) bench 500x375 on fp32 none threads ;;
-  bench-decoders) bench 500x375 on fp16 none threads 4 slot; bench 500x375 on fp16 none threads 6 slot
-    bench 500x375 on fp16 none threads 4 process ;;
-  bench-steady)  # thread slots sharing a decoder: a job of 16,384 and one of 65,536 images; process slots
-    bench 500x375 on fp16 none threads 4 process; IMAGES=65536 bench 500x375 on fp16 none threads 4 process
+  bench-decoders)  # 4 thread slots with 1, 2 and 3 GPU decoders per process; prefetch 2 with 4 and 6 slots
+    for n in 1 2 3; do bench 500x375 on fp16 none threads 4 $n; done
+    PREFETCH=2 bench 500x375 on fp16 none threads 4 3; PREFETCH=2 bench 500x375 on fp16 none threads 6 3 ;;
+  bench-steady)  # thread slots: a job of 16,384 and one of 65,536 images; process slots
+    bench 500x375 on fp16 none threads 4; IMAGES=65536 bench 500x375 on fp16 none threads 4
     IMAGES=65536 bench 500x375 on fp16 none processes 4 ;;
-  bench-backends)  # thread slots sharing a decoder: nvImageCodec's hybrid and hardware-first JPEG backends
-    bench 500x375 on fp16 none threads 4 process; JPEG_BACKEND=hardware bench 500x375 on fp16 none threads 4 process ;;
+  bench-backends)  # thread slots: nvImageCodec's hybrid and hardware-first JPEG backends
+    bench 500x375 on fp16 none threads 4; JPEG_BACKEND=hardware bench 500x375 on fp16 none threads 4 ;;
   kill) kill_test ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
 esac

@@ -256,9 +256,9 @@ def report(opts: BenchOptions, out: dict[str, Any]) -> dict[str, Any]:
         "backend": opts.backend, "batch_size": opts.batch_size, "device": opts.device, "gpu": gpu,
         "threads": opts.threads, "slots": opts.slots, "overlap_decode": opts.overlap_decode,
         "slot_pool": opts.slot_pool, "engine_stream": opts.engine_stream,
-        # process slots have a decoder each whatever the option says
-        "gpu_decoder_per": opts.gpu_decoder_per if opts.slot_pool == "threads" else "slot",
-        "gpu_jpeg_backend": opts.gpu_jpeg_backend,
+        # decoders per worker process: thread slots share at most one per slot, process slots have one each
+        "gpu_decoders": min(opts.gpu_decoders, opts.slots) if opts.slot_pool == "threads" else 1,
+        "gpu_jpeg_backend": opts.gpu_jpeg_backend, "prefetch_multiplier": opts.prefetch_multiplier,
         "gpu_decode": opts.gpu_decode, "image_size": opts.sizes, "cpu_count": os.cpu_count(), "versions": _versions(),
         "bare_images_per_s": round(a["images_per_s"], 2), "e2e_images_per_s": round(b["images_per_s"], 2),
         "ratio_e2e_over_bare": round(b["images_per_s"] / a["images_per_s"], 4),

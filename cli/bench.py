@@ -27,9 +27,11 @@ from cli.util import Context, pass_ctx
 @click.option("--engine-stream", type=click.Choice(["default", "own"]), default="default", show_default=True,
               help="GPU: ONNX Runtime on its default streams or on a stream of each predictor's own "
                    "(worker setting gpu_engine_stream).")
-@click.option("--gpu-decoder-per", type=click.Choice(["process", "slot"]), default="process", show_default=True,
-              help="GPU decode with thread slots: one decoder per process or one per slot (worker setting "
-                   "gpu_decoder_per).")
+@click.option("--gpu-decoders", type=click.IntRange(min=1), default=2, show_default=True,
+              help="GPU decode with thread slots: the decoders the worker process keeps for its slots (worker "
+                   "setting gpu_decoders).")
+@click.option("--prefetch-multiplier", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Batches the worker holds per slot (worker setting prefetch_multiplier).")
 @click.option("--jpeg-backend", type=click.Choice(["hybrid", "hardware"]), default="hybrid", show_default=True,
               help="GPU decode: nvImageCodec's hybrid CPU/GPU decoder or the GPU's JPEG engine first (worker "
                    "setting gpu_jpeg_backend).")
@@ -56,7 +58,7 @@ from cli.util import Context, pass_ctx
 @pass_ctx
 def bench(ctx: Context, model: str, precision: str, batch_size: int, device: str, threads: int,
           decode_threads: int, slots: int, overlap_decode: str, slot_pool: str, engine_stream: str,
-          gpu_decoder_per: str, jpeg_backend: str, images: int,
+          gpu_decoders: int, prefetch_multiplier: int, jpeg_backend: str, images: int,
           naive_images: int,
           image_size: str, engine: str, gpu_decode: str, peer: str, peer_images: int, bare_seconds: float,
           timeline: str, output: str | None) -> None:
@@ -75,7 +77,7 @@ def bench(ctx: Context, model: str, precision: str, batch_size: int, device: str
                         decode_threads=decode_threads, slots=slots, overlap_decode=overlap_decode, images=images,
                         naive_images=naive_images, image_size=image_size, bare_seconds=bare_seconds, engine=engine,
                         gpu_decode=gpu_decode, peer=peer, peer_images=peer_images, slot_pool=slot_pool,
-                        engine_stream=engine_stream, gpu_decoder_per=gpu_decoder_per,
+                        engine_stream=engine_stream, gpu_decoders=gpu_decoders, prefetch_multiplier=prefetch_multiplier,
                         timeline=timeline, gpu_jpeg_backend=jpeg_backend)
     emit_json_line(run(opts, ctx.settings), output)
 

@@ -66,6 +66,10 @@ class Settings:
     max_deliveries: int = 8
     retry_backoff_s: float = 2.0
     task_hard_time_limit_s: int = 3600
+    #: Batches a worker holds per slot (Celery's prefetch multiplier): 1 = only the running ones, so a
+    #: slot that finishes waits for the broker to deliver its next batch; 2 = one waits beside each
+    #: running batch. Held batches are leased (workers/process/lease.py), and kept from other workers.
+    prefetch_multiplier: int = 1
 
     # Workers.
     heartbeat_interval_s: float = 2.0
@@ -83,10 +87,10 @@ class Settings:
     gpu_decode: str = "auto"
     #: ONNX Runtime's CUDA EP on a stream of each predictor's own ("own") or on its default streams ("default")
     gpu_engine_stream: str = "default"
-    #: GPU decode with thread slots: one decoder per process that the slots take in turn ("process") or a
-    #: decoder for every slot ("slot"). Process slots always have one each. H200, ResNet50 FP16, 4 thread
-    #: slots: 6,091 img/s shared against 5,610 one each (docs/gpu-verification.md).
-    gpu_decoder_per: str = "process"
+    #: GPU decode with thread slots: the GPU decoders a worker process keeps for its slots (at most one
+    #: per slot); a batch decodes on whichever is free. Process slots have one each. H200, ResNet50 FP16:
+    #: one decoder caps the slots at the rate of one 12.7 ms decode per batch (docs/gpu-verification.md).
+    gpu_decoders: int = 2
     #: nvImageCodec's JPEG backend on GPU workers: "hybrid" (Huffman decoding on the worker's CPU threads,
     #: the rest on the GPU) or "hardware" (the GPU's JPEG engine, NVJPG, first; hybrid where it refuses).
     #: H200, ResNet50 FP16: a batch waits 13 ms beside inference with hybrid, 29 with hardware; end to end

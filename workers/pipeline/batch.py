@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +34,7 @@ from common.schemas import BatchPayload, BatchTask, BatchTimings, PayloadItem, P
 from workers.engines.base import Predictor
 from workers.pipeline.context import SlotContext
 from workers.pipeline.decode import decode_all
+from workers.pipeline.gpu_decoders import gpu_decoder
 from workers.pipeline.predictors import manifest_of, predictor_for
 from workers.pipeline.results import BatchOutcome, build_records, write_done
 
@@ -151,64 +151,6 @@ class Decoded:
     batch: Any  # numpy array (host) or a device array (GPU decode), None when nothing decoded
     h2d_bytes: int = 0
     gpu_decoded: int = 0
-
-
-_PROCESS_DECODERS: dict[Any, Any] = {}  # thread slots: one GPU decoder per process and preprocessing
-_PROCESS_DECODERS_LOCK = threading.Lock()
-
-
-def gpu_decoder(ctx: SlotContext, pre: Preprocessor, predictor: Predictor) -> Any:
-    """The GPU decoder for the model's preprocessing, when the worker decodes on the GPU and the
-    predictor takes device batches; else None (the Pillow path).
-
-    Thread slots share one decoder per process (it serialises their batches) unless told to take one
-    each (``gpu_decoder_per = slot``); process slots have one each. Measured end to end on the H200
-    (ResNet50 FP16, 4 thread slots, 500x375 JPEGs): shared 6,091 img/s, one each 5,610 (3,112 against
-    2,517 in an earlier session). The nvImageCodec CPU threads are the worker's cores, split among the
-    decoders."""
-    if not (ctx.identity.gpu_decode and predictor.accepts_device_input):
-        return None
-    from workers.pipeline.gpu_route import GPU, preprocess_route
-
-    if preprocess_route(pre.pre) != GPU:  # every image of this model goes the Pillow path anyway
-        return None
-    key = (pre.pre, pre.chw, pre.max_pixels, pre.strict_modes)
-    shared = ctx.identity.shared_gpu_decoder
-    cache = _PROCESS_DECODERS if shared else ctx.gpu_decoders
-    with _PROCESS_DECODERS_LOCK:
-        found = cache.get(key)
-        if found is None:
-            found = _new_gpu_decoder(ctx, pre, predictor, 1 if shared else ctx.identity.slots)
-            cache[key] = found
-    return found or None
-
-
-def close_decoders(cache: dict[Any, Any]) -> None:
-    """Free a cache's GPU decoders now, while CUDA is up (at interpreter exit they crashed); False
-    entries are decoders that could not start."""
-    for decoder in cache.values():
-        if decoder:
-            decoder.close()
-    cache.clear()
-
-
-def close_process_decoders() -> None:
-    """Free the decoders thread slots share (at worker shutdown)."""
-    with _PROCESS_DECODERS_LOCK:
-        close_decoders(_PROCESS_DECODERS)
-
-
-def _new_gpu_decoder(ctx: SlotContext, pre: Preprocessor, predictor: Predictor, sharing: int) -> Any:
-    from workers.pipeline.gpu_decode import GpuDecoder
-
-    try:
-        # nvImageCodec's own threads (JPEG parsing, Huffman decoding): the worker's cores
-        return GpuDecoder(pre, predictor.spec.gpu_id, max(1, ctx.identity.cpu_threads // sharing),
-                          ctx.settings.gpu_jpeg_backend)
-    except Exception as exc:  # a decoder that cannot start: the slot decodes with Pillow, and says so
-        log.error("GPU decoding is unavailable, decoding with Pillow: %s", exc)
-        ctx.publish_state(last_error=f"GPU decode unavailable: {type(exc).__name__}: {exc}"[:500])
-        return False
 
 
 def _decode(ctx: SlotContext, pre: Preprocessor, gpu: Any, items: list[PayloadItem], stamps: list[float]) -> Decoded:

@@ -64,8 +64,9 @@ class WorkerIdentity:
     gpu_decode: bool = False
     #: slots are threads of the worker process (Celery's threads pool), not pool processes
     thread_slots: bool = False
-    #: thread slots take turns with one GPU decoder per process (gpu_decoder_per = process)
-    shared_gpu_decoder: bool = False
+    #: thread slots share this many GPU decoders per process (settings.gpu_decoders, at most one per
+    #: slot); 0: each slot has its own (process slots)
+    gpu_decoder_pool: int = 0
     schema: int = SCHEMA_VERSION
 
     @property

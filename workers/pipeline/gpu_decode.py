@@ -22,9 +22,11 @@ Needs ``nvidia-nvimgcodec-cu13`` (+ ``nvidia-nvjpeg``) and CuPy; ``available()``
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,8 +100,9 @@ def geometry(pre: Preprocess, height: int, width: int) -> tuple[tuple[int, int],
 
 
 class GpuDecoder:
-    """One per model preprocessing and pipeline slot - or per process, shared by thread slots: its
-    batches are decoded one at a time (the kernels, decoder, stream and tables are reused)."""
+    """One per model preprocessing and process slot, or a pool of them shared by thread slots
+    (workers/pipeline/gpu_decoders.py): its batches are decoded one at a time (the kernels, decoder,
+    stream and tables are reused)."""
 
     def __init__(self, pre: Preprocessor, device_id: int = 0, cpu_threads: int = 0, backend: str = "hybrid") -> None:
         import cupy
@@ -168,24 +171,33 @@ class GpuDecoder:
             return "unreadable"
         return route(item.data, self.pre.max_pixels) if self.model_route == GPU else self.model_route
 
-    def decode(self, items: list[PayloadItem], cpu_decode) -> GpuBatch:
-        """``cpu_decode(items) -> (host buffer, decoded)``: the Pillow path for the items it is handed.
+    @contextlib.contextmanager
+    def held(self) -> Iterator[GpuDecoder]:
+        """This decoder, for one batch's GPU part (its buffers, stream and tables are the batch's)."""
+        with self._lock:
+            yield self
 
-        Only the GPU's part holds the decoder (shared by thread slots): the images routed to Pillow
-        are decoded before it, the few the GPU decoder refuses after it."""
+    def decode(self, items: list[PayloadItem], cpu_decode) -> GpuBatch:
+        """``cpu_decode(items) -> (host buffer, decoded)``: the Pillow path for the items it is handed."""
+        return self.decode_with(items, cpu_decode, self.held)
+
+    def decode_with(self, items: list[PayloadItem], cpu_decode, take) -> GpuBatch:
+        """``decode``, with the GPU part on the decoder ``take()`` holds (this one, or a free one of a
+        pool of decoders of the same preprocessing): the images routed to Pillow are decoded before
+        it is taken, the few the GPU decoder refuses while it is held."""
         routes = [self._route(it) for it in items]
         gpu_idx = [i for i, r in enumerate(routes) if r == GPU]
         routed_idx = [i for i, r in enumerate(routes) if r != GPU]
         decoded: list[tuple[str, ...] | ImageError] = [()] * len(items)
         host = self._pillow(items, routed_idx, cpu_decode, decoded)
-        with self._lock:
-            images = self._decode_jpegs([items[i].data for i in gpu_idx]) if gpu_idx else []
+        with take() as gpu:
+            images = gpu._decode_jpegs([items[i].data for i in gpu_idx]) if gpu_idx else []
             on_gpu = {i: img for i, img in zip(gpu_idx, images, strict=True) if img is not None}
             refused = [i for i in gpu_idx if i not in on_gpu]
             if refused:  # rare: decoded by Pillow while the GPU's images wait in their buffers
                 host.update(self._pillow(items, refused, cpu_decode, decoded))
             good = [i for i in range(len(items)) if not isinstance(decoded[i], ImageError)]
-            tensor, h2d = self._fill(items, on_gpu, host, {i: n for n, i in enumerate(good)})
+            tensor, h2d = gpu._fill(items, on_gpu, host, {i: n for n, i in enumerate(good)})
         routed: dict[str, int] = {}
         for i in [*routed_idx, *refused]:
             reason = routes[i] if routes[i] != GPU else "GPU decoder refused it"

@@ -62,8 +62,10 @@ def build_identity(settings: Settings, args: argparse.Namespace) -> WorkerIdenti
     gpu = args.device == "gpu"
     if settings.gpu_engine_stream not in ("default", "own"):
         raise ConfigError(f"gpu_engine_stream must be default or own, got {settings.gpu_engine_stream!r}")
-    if settings.gpu_decoder_per not in ("slot", "process"):
-        raise ConfigError(f"gpu_decoder_per must be slot or process, got {settings.gpu_decoder_per!r}")
+    if settings.prefetch_multiplier < 1:  # Celery reads 0 as no limit at all
+        raise ConfigError(f"prefetch_multiplier must be 1 or more, got {settings.prefetch_multiplier}")
+    if settings.gpu_decoders < 1:
+        raise ConfigError(f"gpu_decoders must be 1 or more, got {settings.gpu_decoders}")
     if settings.gpu_jpeg_backend not in ("hybrid", "hardware"):
         raise ConfigError(f"gpu_jpeg_backend must be hybrid or hardware, got {settings.gpu_jpeg_backend!r}")
     threads_pool = thread_slots(settings.slot_pool)
@@ -94,7 +96,7 @@ def build_identity(settings: Settings, args: argparse.Namespace) -> WorkerIdenti
                           capabilities=caps, queues=tuple(queues), node=node, lock_path=str(lock),
                           warm=tuple(args.warm or ()), start_id=uuid.uuid4().hex[:12],
                           thread_slots=threads_pool,
-                          shared_gpu_decoder=threads_pool and settings.gpu_decoder_per == "process")
+                          gpu_decoder_pool=min(settings.gpu_decoders, slots) if threads_pool else 0)
 
 
 def gpu_decode(setting: str, gpu: bool, node: NodeInfo) -> bool:

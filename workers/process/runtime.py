@@ -108,7 +108,7 @@ def start_thread_slots() -> list[context.SlotContext]:
 def _shutdown_thread_slots(**_: Any) -> None:
     # Celery sends worker_shutdown after a warm shutdown has let the running batches finish; a cold
     # shutdown (a second Ctrl-C, SIGQUIT) does not, and GPU decoders are then left to the exit
-    from workers.pipeline.batch import close_process_decoders
+    from workers.pipeline.gpu_decoders import close_process_decoders
 
     close_process_decoders()  # decoders first, as _close does for a slot's own
     for ctx in _THREAD_SLOTS:
@@ -135,7 +135,7 @@ def _preload(identity: WorkerIdentity) -> None:
 
 
 def _close(ctx: context.SlotContext) -> None:
-    from workers.pipeline.batch import close_decoders
+    from workers.pipeline.gpu_decoders import close_decoders
 
     close_decoders(ctx.gpu_decoders)
     ctx.predictors.close()

@@ -24,8 +24,8 @@ from celery import bootsteps
 from common import catalog, fleet, redisconn
 from common.routing import ENGINE_TARGETS, choose
 from workers.pipeline import context
-from workers.pipeline.batch import gpu_decoder
 from workers.pipeline.context import SlotContext
+from workers.pipeline.gpu_decoders import gpu_decoder
 from workers.pipeline.predictors import manifest_of, predictor_for_spec
 
 log = logging.getLogger("trtbatch.warm")
