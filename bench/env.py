@@ -46,6 +46,7 @@ class BenchOptions:
     prefetch_multiplier: int = 1
     gpu_jpeg_backend: str = "hybrid"
     timeline: str = ""  # also write every batch's step times here (JSON lines)
+    py_spy: str = ""  # also write py-spy's GIL-holding stacks of the worker during e2e here
 
     @property
     def gpu(self) -> bool:

@@ -6,7 +6,8 @@
 #       bench-photo / bench-small / bench-pillow (trtbatch bench ResNet50 FP16 bs128: thread and process
 #       slots, GPU decode on and off, Ray Data beside it), bench-fp32, bench-decoders (thread slots with
 #       1-3 GPU decoders per process, prefetch 1 and 2), bench-steady (16,384 and 65,536 images),
-#       bench-backends (nvImageCodec's hardware and hybrid JPEG backends), probe (bench/gpu_decode_probe.py, its parts in
+#       bench-backends (nvImageCodec's hardware and hybrid JPEG backends), bench-gil (py-spy's GIL
+#       profile of the worker, GIL switch intervals), probe (bench/gpu_decode_probe.py, its parts in
 #       PROBE_PARTS; after a bench step, which makes the FP16 model), kill (two workers on the one GPU,
 #       one SIGKILLed mid-job).
 # Before the first step: the onnxruntime-gpu bundle in /tmp/parts, wheels in /tmp/whl, the models
@@ -147,13 +148,19 @@ EOP
     | tee -a "$out/probe.txt"
 }
 
-bench() {  # IMAGE_SIZE GPU_DECODE PRECISION PEER [SLOT_POOL [SLOTS [GPU_DECODERS]]]; env IMAGES, PREFETCH, JPEG_BACKEND
+bench() {  # IMAGE_SIZE GPU_DECODE PRECISION PEER [SLOT_POOL [SLOTS [GPU_DECODERS]]]
+  # env: IMAGES, PREFETCH, JPEG_BACKEND; PY_SPY=1 (py-spy's GIL profile of the worker, spy-*.txt);
+  # BENCH_SWITCH_INTERVAL_MS (the worker's GIL switch interval, bench/worker.py)
   models
-  tb bench -m resnet50 -e onnxruntime -p "$3" -b 128 -d gpu:0 -t 16 --slots "${6:-4}" --slot-pool "${5:-auto}" \
+  local name="$1-$2-$3-${5:-auto}-${6:-4}-${7:-2}-p${PREFETCH:-1}-${JPEG_BACKEND:-hybrid}-s${BENCH_SWITCH_INTERVAL_MS:-5}"
+  BENCH_SWITCH_INTERVAL_MS=${BENCH_SWITCH_INTERVAL_MS:-} tb bench -m resnet50 -e onnxruntime -p "$3" -b 128 -d gpu:0 -t 16 --slots "${6:-4}" --slot-pool "${5:-auto}" \
     --gpu-decoders "${7:-2}" --prefetch-multiplier "${PREFETCH:-1}" --jpeg-backend "${JPEG_BACKEND:-hybrid}" \
     --image-size "$1" --gpu-decode "$2" --peer "$4" --peer-images 8192 -n "${IMAGES:-16384}" --naive-images 0 --bare-seconds 5 \
-    --timeline "$out/timeline.jsonl" -o "$out/bench.jsonl" >"$out/bench-$1-$2-$3-${5:-auto}-${6:-4}-${7:-2}-p${PREFETCH:-1}-${JPEG_BACKEND:-hybrid}.log" 2>&1 \
-    || tail -30 "$out/bench-$1-$2-$3-${5:-auto}-${6:-4}-${7:-2}-p${PREFETCH:-1}-${JPEG_BACKEND:-hybrid}.log"
+    --timeline "$out/timeline.jsonl" ${PY_SPY:+--py-spy "$out/spy-$name.txt"} -o "$out/bench.jsonl" \
+    >"$out/bench-$name.log" 2>&1 || tail -30 "$out/bench-$name.log"
+  [ -z "${PY_SPY:-}" ] || python3 bench/gil_summary.py "$out/spy-$name.txt" --top 30 \
+    --seconds "$(tail -1 "$out/bench.jsonl" | python3 -c 'import json,sys; print(json.load(sys.stdin)["py_spy"]["seconds"])')" \
+    >"$out/gil-$name.json"
   tail -1 "$out/bench.jsonl" | cut -c1-1500
 }
 
@@ -177,6 +184,11 @@ case $step in
   bench-decoders)  # 4 thread slots with 1, 2 and 3 GPU decoders per process; prefetch 2 with 4 and 6 slots
     for n in 1 2 3; do bench 500x375 on fp16 none threads 4 $n; done
     PREFETCH=2 bench 500x375 on fp16 none threads 4 3; PREFETCH=2 bench 500x375 on fp16 none threads 6 3 ;;
+  bench-gil)  # where the GIL goes: 4 thread slots, 2 decoders, with py-spy; GIL switch interval 1 and 0.5 ms
+    PY_SPY=1 bench 500x375 on fp16 none threads 4 2
+    BENCH_SWITCH_INTERVAL_MS=1 bench 500x375 on fp16 none threads 4 2
+    BENCH_SWITCH_INTERVAL_MS=0.5 bench 500x375 on fp16 none threads 4 2
+    PREFETCH=2 BENCH_SWITCH_INTERVAL_MS=1 bench 500x375 on fp16 none threads 6 2 ;;
   bench-steady)  # thread slots: a job of 16,384 and one of 65,536 images; process slots
     bench 500x375 on fp16 none threads 4; IMAGES=65536 bench 500x375 on fp16 none threads 4
     IMAGES=65536 bench 500x375 on fp16 none processes 4 ;;

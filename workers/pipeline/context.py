@@ -179,11 +179,16 @@ class SlotContext:
             target.execute()
 
 
+#: A slot reads its batch's payload (MBs) in reads of up to this much, not redis-py's 64 KB: each read
+#: gives up the GIL, and with thread slots getting it back means waiting for the others.
+PAYLOAD_READ_BYTES = 1 << 20
+
+
 def make_slot_context(settings: Settings, identity: WorkerIdentity, slot: int,
                       observer: SlotObserver | None = None) -> SlotContext:
     from workers.engines.cache import PredictorCache
 
-    conn = redisconn.client(settings)
+    conn = redisconn.client(settings, socket_read_size=PAYLOAD_READ_BYTES)
     threads = identity.decode_threads or max(1, os.cpu_count() or 1)
     return SlotContext(settings=settings, identity=identity, slot=slot, conn=conn,
                        store=JobStore(conn, settings.result_ttl_s), artifacts=ArtifactStore(conn),
