@@ -93,7 +93,9 @@ def e2e(env: BenchEnv, opts: BenchOptions, folder: Path) -> dict[str, Any]:
     elapsed = result["finished_s"] - result["created_s"]
     return {"job_id": result["job_id"], "images_per_s": result["n_images"] / elapsed, "seconds": elapsed,
             "wall_with_cli_start_s": wall, "images": result["n_images"], "failed": result["failed"],
-            "producer_peak_rss_mb": peak / 2**20}
+            "producer_peak_rss_mb": peak / 2**20,
+            # when the producer had sent the last image: near the end of the job, it was the producer that set the pace
+            "producer_s": result["submitted_s"] - result["created_s"]}
 
 
 def naive(env: BenchEnv, opts: BenchOptions, folder: Path, resolved: catalog.Resolved) -> dict[str, Any]:
@@ -272,7 +274,8 @@ def report(opts: BenchOptions, out: dict[str, Any]) -> dict[str, Any]:
         "h2d_bytes_per_batch": round(stats["h2d_bytes_per_batch"]),
         "gpu_decoded_fraction": round(stats["gpu_decoded_fraction"], 4),
         "images": b["images"], "failed": b["failed"],
-        "producer_peak_rss_mb": round(b["producer_peak_rss_mb"], 1),
+        "producer_peak_rss_mb": round(b["producer_peak_rss_mb"], 1), "producer_s": round(b["producer_s"], 3),
+        "producer_images_per_s": round(b["images"] / b["producer_s"], 2),
         "worker_peak_rss_mb": round(out["worker_rss"] / 2**20, 1),
         "worker_cpu_during_e2e": out["worker_cpu"],
         **{k: round(stats[k], 2 if k.endswith("_per_s") else 3) for k in ("steady_images_per_s", "startup_s", "tail_s")

@@ -298,6 +298,8 @@ class JobRecord:
     created_s: float = 0.0
     updated_s: float = 0.0
     finished_s: float | None = None
+    #: when the producer had sent every image (of the last ``submit --resume``)
+    submitted_s: float | None = None
     cancelled_s: float | None = None
     #: when a check first found no live worker serving the job's queue (cleared when one appears)
     unservable_since: float | None = None

@@ -85,7 +85,7 @@ return {new.ok, new.failed, new.cancelled}
 _SUBMITTED_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 redis.call('HSET', KEYS[1], 'n_images', ARGV[1], 'n_batches', ARGV[2], 'submit_complete', '1',
-           'updated_s', ARGV[3])
+           'updated_s', ARGV[3], 'submitted_s', ARGV[3])
 if redis.call('HGET', KEYS[1], 'state') == 'submitting' then
   redis.call('HSET', KEYS[1], 'state', 'queued')
 end

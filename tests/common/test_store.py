@@ -125,7 +125,10 @@ def test_dead_and_failed_batch_states(store: JobStore) -> None:
 
 def test_job_finishes_when_submitted_before_the_last_batch(store: JobStore) -> None:
     new_job(store)
+    assert store.record("j").submitted_s is None
+    before = time.time()
     assert store.mark_submitted("j", 5, 2) == "queued"  # all sent, nothing finished
+    assert before <= store.record("j").submitted_s <= time.time()  # when the producer was done
     store.write_batch("j", 0, [rec(0), rec(1), rec(2)], payload(store, "j", 0))
     assert store.job_state("j") == "running"
     meta = store.meta("j")
