@@ -41,6 +41,9 @@ from producer.client import Client
 from producer.inputs import InputItem, check_inputs, display_path, iter_inputs, read_bytes
 
 BATCHES_PER_ROUND_TRIP = 8
+#: The first round trips are smaller - 1, 2, 4 batches, then BATCHES_PER_ROUND_TRIP - so a worker gets
+#: the first batch as soon as its files are read, not after the first 8 batches' files.
+FIRST_ROUND_TRIP = 1
 BACKPRESSURE_POLL_S = 0.05
 SERVABLE_CHECK_S = 2.0
 
@@ -263,6 +266,7 @@ class _Sender:
         self.sent_batches = sent_batches
         self.sent_images = sent_images
         self.max_inflight = client.settings.max_inflight_batches * plan.batch_size
+        self._trip = FIRST_ROUND_TRIP  # batches of the next round trip
         self._checked_s = 0.0
         self._io = ThreadPoolExecutor(1, thread_name_prefix="submit-send")
         self._sending: Future[None] | None = None
@@ -275,8 +279,9 @@ class _Sender:
     def add(self, batch_no: int, start: int, chunk: list[InputItem]) -> bool:
         """Queue one batch; returns True when a round trip was started."""
         self.pending.append((batch_no, start, _payload(chunk, start, self.client.settings.max_file_bytes)))
-        if len(self.pending) >= BATCHES_PER_ROUND_TRIP:
+        if len(self.pending) >= self._trip:
             self._start()
+            self._trip = min(2 * self._trip, BATCHES_PER_ROUND_TRIP)
             return True
         return False
 

@@ -162,8 +162,9 @@ def test_unreadable_file_is_a_per_image_error(private, digits, tmp_path):
 
 
 def test_ctrl_c_while_the_producer_waits_for_room_stops_at_once_and_sends_nothing_more(private, digits):
-    """No worker, room for one batch: the second round trip waits for room on the sending thread. A
-    Ctrl-C in the producer then ends the submission at once, and what was waiting is never sent."""
+    """No worker, room for one batch: the second round trip (of 2 batches: they start small) waits
+    for room on the sending thread. A Ctrl-C in the producer then ends the submission at once, and
+    what was waiting is never sent."""
     _, env = private
     client = Client(Settings.from_env({**env, "TRTBATCH_MAX_INFLIGHT_BATCHES": "1",
                                        "TRTBATCH_UNSERVABLE_GRACE_S": "3600"}))
@@ -171,7 +172,7 @@ def test_ctrl_c_while_the_producer_waits_for_room_stops_at_once_and_sends_nothin
 
     def on_batch(n: int) -> None:
         seen.append(n)
-        if len(seen) == 2 * submit.BATCHES_PER_ROUND_TRIP + 1:  # round trip 2 is waiting by now
+        if len(seen) == 4:  # round trips 1 (batch 0) and 2 (batches 1-2) have started: 2 is waiting by now
             raise KeyboardInterrupt
     opts = submit.SubmitOptions(paths=(str(digits["labels"]),), model="digits", batch_size=8)
     started = time.monotonic()
@@ -181,7 +182,8 @@ def test_ctrl_c_while_the_producer_waits_for_room_stops_at_once_and_sends_nothin
             submit.submit(client, opts, on_batch=on_batch, job_id=job_id)
         assert time.monotonic() - started < 20
         record = client.store.record(job_id)
-        assert record.n_enqueued == 8 * submit.BATCHES_PER_ROUND_TRIP  # the first round trip only
-        assert len(list(client.conn.scan_iter(match=keys.payload(job_id, "*")))) == submit.BATCHES_PER_ROUND_TRIP
+        assert submit.FIRST_ROUND_TRIP == 1
+        assert record.n_enqueued == 8  # the first round trip only: one batch of 8
+        assert len(list(client.conn.scan_iter(match=keys.payload(job_id, "*")))) == 1
     finally:
         client.close()
