@@ -44,6 +44,7 @@ class BenchOptions:
     engine_stream: str = "default"
     gpu_decoders: int = 2
     prefetch_multiplier: int = 1
+    gil_switch_interval_ms: float = 1.0
     gpu_jpeg_backend: str = "hybrid"
     timeline: str = ""  # also write every batch's step times here (JSON lines)
     py_spy: str = ""  # also write py-spy's GIL-holding stacks of the worker during e2e here
@@ -107,6 +108,7 @@ class BenchEnv:
         env["TRTBATCH_GPU_ENGINE_STREAM"] = opts.engine_stream
         env["TRTBATCH_GPU_DECODERS"] = str(opts.gpu_decoders)
         env["TRTBATCH_PREFETCH_MULTIPLIER"] = str(opts.prefetch_multiplier)
+        env["TRTBATCH_GIL_SWITCH_INTERVAL_MS"] = str(opts.gil_switch_interval_ms)
         env["TRTBATCH_GPU_JPEG_BACKEND"] = opts.gpu_jpeg_backend
         if kind == "gpu":
             index = opts.device.split(":", 1)[1] if ":" in opts.device else "0"

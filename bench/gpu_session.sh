@@ -150,11 +150,11 @@ EOP
 
 bench() {  # IMAGE_SIZE GPU_DECODE PRECISION PEER [SLOT_POOL [SLOTS [GPU_DECODERS]]]
   # env: IMAGES, PREFETCH, JPEG_BACKEND; PY_SPY=1 (py-spy's GIL profile of the worker, spy-*.txt);
-  # BENCH_SWITCH_INTERVAL_MS (the worker's GIL switch interval, bench/worker.py)
+  # SWITCH_MS (thread slots: the worker's GIL switch interval, default 1)
   models
-  local name="$1-$2-$3-${5:-auto}-${6:-4}-${7:-2}-p${PREFETCH:-1}-${JPEG_BACKEND:-hybrid}-s${BENCH_SWITCH_INTERVAL_MS:-5}"
-  BENCH_SWITCH_INTERVAL_MS=${BENCH_SWITCH_INTERVAL_MS:-} tb bench -m resnet50 -e onnxruntime -p "$3" -b 128 -d gpu:0 -t 16 --slots "${6:-4}" --slot-pool "${5:-auto}" \
-    --gpu-decoders "${7:-2}" --prefetch-multiplier "${PREFETCH:-1}" --jpeg-backend "${JPEG_BACKEND:-hybrid}" \
+  local name="$1-$2-$3-${5:-auto}-${6:-4}-${7:-2}-p${PREFETCH:-1}-${JPEG_BACKEND:-hybrid}-s${SWITCH_MS:-1}"
+  tb bench -m resnet50 -e onnxruntime -p "$3" -b 128 -d gpu:0 -t 16 --slots "${6:-4}" --slot-pool "${5:-auto}" \
+    --gpu-decoders "${7:-2}" --prefetch-multiplier "${PREFETCH:-1}" --gil-switch-interval-ms "${SWITCH_MS:-1}" --jpeg-backend "${JPEG_BACKEND:-hybrid}" \
     --image-size "$1" --gpu-decode "$2" --peer "$4" --peer-images 8192 -n "${IMAGES:-16384}" --naive-images 0 --bare-seconds 5 \
     --timeline "$out/timeline.jsonl" ${PY_SPY:+--py-spy "$out/spy-$name.txt"} -o "$out/bench.jsonl" \
     >"$out/bench-$name.log" 2>&1 || tail -30 "$out/bench-$name.log"
@@ -184,11 +184,11 @@ case $step in
   bench-decoders)  # 4 thread slots with 1, 2 and 3 GPU decoders per process; prefetch 2 with 4 and 6 slots
     for n in 1 2 3; do bench 500x375 on fp16 none threads 4 $n; done
     PREFETCH=2 bench 500x375 on fp16 none threads 4 3; PREFETCH=2 bench 500x375 on fp16 none threads 6 3 ;;
-  bench-gil)  # where the GIL goes: 4 thread slots, 2 decoders, with py-spy; GIL switch interval 1 and 0.5 ms
-    PY_SPY=1 bench 500x375 on fp16 none threads 4 2
-    BENCH_SWITCH_INTERVAL_MS=1 bench 500x375 on fp16 none threads 4 2
-    BENCH_SWITCH_INTERVAL_MS=0.5 bench 500x375 on fp16 none threads 4 2
-    PREFETCH=2 BENCH_SWITCH_INTERVAL_MS=1 bench 500x375 on fp16 none threads 6 2 ;;
+  bench-gil)  # where the GIL goes: 4 thread slots, 2 decoders, with py-spy; GIL switch interval 5, 1 and 0.5 ms
+    SWITCH_MS=5 PY_SPY=1 bench 500x375 on fp16 none threads 4 2
+    SWITCH_MS=1 bench 500x375 on fp16 none threads 4 2
+    SWITCH_MS=0.5 bench 500x375 on fp16 none threads 4 2
+    PREFETCH=2 SWITCH_MS=1 bench 500x375 on fp16 none threads 6 2 ;;
   bench-steady)  # thread slots: a job of 16,384 and one of 65,536 images; process slots
     bench 500x375 on fp16 none threads 4; IMAGES=65536 bench 500x375 on fp16 none threads 4
     IMAGES=65536 bench 500x375 on fp16 none processes 4 ;;

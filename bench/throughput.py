@@ -263,6 +263,7 @@ def report(opts: BenchOptions, out: dict[str, Any]) -> dict[str, Any]:
         # decoders per worker process: thread slots share at most one per slot, process slots have one each
         "gpu_decoders": min(opts.gpu_decoders, opts.slots) if opts.slot_pool == "threads" else 1,
         "gpu_jpeg_backend": opts.gpu_jpeg_backend, "prefetch_multiplier": opts.prefetch_multiplier,
+        "gil_switch_interval_ms": opts.gil_switch_interval_ms if opts.slot_pool == "threads" else None,
         "gpu_decode": opts.gpu_decode, "image_size": opts.sizes, "cpu_count": os.cpu_count(), "versions": _versions(),
         "bare_images_per_s": round(a["images_per_s"], 2), "e2e_images_per_s": round(b["images_per_s"], 2),
         "ratio_e2e_over_bare": round(b["images_per_s"] / a["images_per_s"], 4),

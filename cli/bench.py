@@ -32,6 +32,9 @@ from cli.util import Context, pass_ctx
                    "setting gpu_decoders).")
 @click.option("--prefetch-multiplier", type=click.IntRange(min=1), default=1, show_default=True,
               help="Batches the worker holds per slot (worker setting prefetch_multiplier).")
+@click.option("--gil-switch-interval-ms", type=click.FloatRange(min=0, min_open=True), default=1.0,
+              show_default=True, help="Thread slots: the worker's GIL switch interval (worker setting "
+                                      "gil_switch_interval_ms).")
 @click.option("--jpeg-backend", type=click.Choice(["hybrid", "hardware"]), default="hybrid", show_default=True,
               help="GPU decode: nvImageCodec's hybrid CPU/GPU decoder or the GPU's JPEG engine first (worker "
                    "setting gpu_jpeg_backend).")
@@ -60,7 +63,7 @@ from cli.util import Context, pass_ctx
 @pass_ctx
 def bench(ctx: Context, model: str, precision: str, batch_size: int, device: str, threads: int,
           decode_threads: int, slots: int, overlap_decode: str, slot_pool: str, engine_stream: str,
-          gpu_decoders: int, prefetch_multiplier: int, jpeg_backend: str, images: int,
+          gpu_decoders: int, prefetch_multiplier: int, gil_switch_interval_ms: float, jpeg_backend: str, images: int,
           naive_images: int,
           image_size: str, engine: str, gpu_decode: str, peer: str, peer_images: int, bare_seconds: float,
           timeline: str, py_spy: str, output: str | None) -> None:
@@ -85,6 +88,7 @@ def bench(ctx: Context, model: str, precision: str, batch_size: int, device: str
                         naive_images=naive_images, image_size=image_size, bare_seconds=bare_seconds, engine=engine,
                         gpu_decode=gpu_decode, peer=peer, peer_images=peer_images, slot_pool=slot_pool,
                         engine_stream=engine_stream, gpu_decoders=gpu_decoders, prefetch_multiplier=prefetch_multiplier,
+                        gil_switch_interval_ms=gil_switch_interval_ms,
                         timeline=timeline, py_spy=py_spy, gpu_jpeg_backend=jpeg_backend)
     emit_json_line(run(opts, ctx.settings), output)
 

@@ -26,17 +26,37 @@ def pick_output(outputs: dict[str, np.ndarray], post: Postprocess) -> np.ndarray
 
 def top_k(scores: np.ndarray, post: Postprocess, k: int) -> list[list[dict[str, Any]]]:
     """Best-first ``{"label", "index", "score"}`` lists, one per row of ``scores`` [N, classes]."""
-    k = min(k, scores.shape[-1])
-    part = np.argpartition(-scores, k - 1, axis=-1)[:, :k]
-    picked = np.take_along_axis(scores, part, axis=-1)
-    order = np.argsort(-picked, axis=-1, kind="stable")  # ties keep argpartition's order, as before
-    # whole arrays to Python at once: per-element int()/float() cost more than the sort (GIL time
-    # that thread slots share)
-    indices = np.take_along_axis(part, order, axis=-1).tolist()
-    values = np.take_along_axis(picked, order, axis=-1).tolist()
+    indices, values = _best(scores, k)
+    return _rows(indices, values, post)
+
+
+def softmax_top_k(logits: np.ndarray, post: Postprocess, k: int) -> list[list[dict[str, Any]]]:
+    """``top_k(softmax(logits))`` with the same scores, normalising only the k picked per row: the
+    other divisions and a full-size temporary cost GIL time that thread slots share (a batch of
+    128 x 1000 classes, postprocess in all: 1.6 -> 0.7 ms on the dev VM)."""
+    exp = logits.astype(np.float64)
+    exp -= exp.max(axis=-1, keepdims=True)
+    np.exp(exp, out=exp)
+    indices, values = _best(exp, k)  # exp / sum keeps each row's order
+    return _rows(indices, values / exp.sum(axis=-1, keepdims=True), post)
+
+
+def _best(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the indices of the ``k`` largest values, best first (ties: the lower index first),
+    and those values."""
+    n = values.shape[-1]
+    k = min(k, n)
+    part = np.argpartition(values, n - k, axis=-1)[:, n - k:]
+    picked = np.take_along_axis(values, part, axis=-1)
+    order = np.lexsort((part, -picked), axis=-1)
+    return np.take_along_axis(part, order, axis=-1), np.take_along_axis(picked, order, axis=-1)
+
+
+def _rows(indices: np.ndarray, values: np.ndarray, post: Postprocess) -> list[list[dict[str, Any]]]:
+    # whole arrays to Python at once: per-element int()/float() cost more than the sort
     label = post.label
     return [[{"label": label(i), "index": i, "score": s} for i, s in zip(idx, vals, strict=True)]
-            for idx, vals in zip(indices, values, strict=True)]
+            for idx, vals in zip(indices.tolist(), values.tolist(), strict=True)]
 
 
 def postprocess(outputs: dict[str, np.ndarray], post: Postprocess, k: int | None = None
@@ -44,8 +64,9 @@ def postprocess(outputs: dict[str, np.ndarray], post: Postprocess, k: int | None
     """One dict per image: ``{"top_k": [...]}`` for classifiers, ``{"outputs": {...}}`` for raw."""
     if post.kind == "classify":
         logits = pick_output(outputs, post).reshape(len(next(iter(outputs.values()))), -1)
-        scores = softmax(logits.astype(np.float64)) if post.softmax else logits.astype(np.float64)
-        return [{"top_k": row} for row in top_k(scores, post, k or post.top_k)]
+        k = k or post.top_k
+        rows = softmax_top_k(logits, post, k) if post.softmax else top_k(logits.astype(np.float64), post, k)
+        return [{"top_k": row} for row in rows]
     n = len(next(iter(outputs.values())))
     out: list[dict[str, Any]] = [{"outputs": {}} for _ in range(n)]
     for name, arr in outputs.items():

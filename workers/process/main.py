@@ -58,16 +58,29 @@ def probe_node(settings: Settings, gpu: bool, gpu_index: int) -> NodeInfo:
     return node
 
 
-def build_identity(settings: Settings, args: argparse.Namespace) -> WorkerIdentity:
-    gpu = args.device == "gpu"
+def check_slot_settings(settings: Settings) -> None:
+    """The settings of how slots run that no other check covers: refused at start, with the value."""
     if settings.gpu_engine_stream not in ("default", "own"):
         raise ConfigError(f"gpu_engine_stream must be default or own, got {settings.gpu_engine_stream!r}")
     if settings.prefetch_multiplier < 1:  # Celery reads 0 as no limit at all
         raise ConfigError(f"prefetch_multiplier must be 1 or more, got {settings.prefetch_multiplier}")
+    if settings.gil_switch_interval_ms <= 0:
+        raise ConfigError(f"gil_switch_interval_ms must be above 0, got {settings.gil_switch_interval_ms}")
     if settings.gpu_decoders < 1:
         raise ConfigError(f"gpu_decoders must be 1 or more, got {settings.gpu_decoders}")
     if settings.gpu_jpeg_backend not in ("hybrid", "hardware"):
         raise ConfigError(f"gpu_jpeg_backend must be hybrid or hardware, got {settings.gpu_jpeg_backend!r}")
+
+
+def share_gil(settings: Settings, ident: WorkerIdentity) -> None:
+    """Thread slots share this process's GIL: hand it over every ``gil_switch_interval_ms``."""
+    if ident.thread_slots:
+        sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
+
+
+def build_identity(settings: Settings, args: argparse.Namespace) -> WorkerIdentity:
+    gpu = args.device == "gpu"
+    check_slot_settings(settings)
     threads_pool = thread_slots(settings.slot_pool)
     node = probe_node(settings, gpu, args.gpu_index)
     caps = frozenset(node.capabilities(args.device))
@@ -184,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     register(app)
+    share_gil(settings, ident)
     if settings.metrics_port:
         metrics.serve(settings.metrics_port, redisconn.client(settings), ident.name, ident.queues)
     record = health.write_pidfile(settings, ident.name, settings.metrics_port, url)

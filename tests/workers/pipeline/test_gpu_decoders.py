@@ -135,6 +135,8 @@ def test_decoder_settings_are_checked_and_capped_at_the_slots() -> None:
         build_identity(Settings.from_env({"TRTBATCH_GPU_DECODERS": "0"}), args)
     with pytest.raises(ConfigError, match="prefetch_multiplier must be 1 or more, got 0"):
         build_identity(Settings.from_env({"TRTBATCH_PREFETCH_MULTIPLIER": "0"}), args)
+    with pytest.raises(ConfigError, match=r"gil_switch_interval_ms must be above 0, got 0\.0"):
+        build_identity(Settings.from_env({"TRTBATCH_GIL_SWITCH_INTERVAL_MS": "0"}), args)
     with pytest.raises(ConfigError, match="gpu_jpeg_backend must be hybrid or hardware"):
         build_identity(Settings.from_env({"TRTBATCH_GPU_JPEG_BACKEND": "nvjpg"}), args)
     threads = {"TRTBATCH_SLOT_POOL": "threads"}
@@ -142,6 +144,24 @@ def test_decoder_settings_are_checked_and_capped_at_the_slots() -> None:
     many = build_identity(Settings.from_env({**threads, "TRTBATCH_GPU_DECODERS": "9"}), args)
     assert many.gpu_decoder_pool == 4 and many.thread_slots
     assert build_identity(Settings.from_env({}), args).gpu_decoder_pool == 0  # process slots: their own
+
+
+def test_thread_slots_hand_the_gil_over_every_switch_interval() -> None:
+    import sys
+
+    from workers.process.main import share_gil
+
+    args = argparse.Namespace(device="cpu", gpu_index=0, name="x", threads=1, decode_threads=0, slots=2,
+                              queues=None, warm=None)
+    before = sys.getswitchinterval()
+    try:
+        share_gil(Settings.from_env({}), build_identity(Settings.from_env({}), args))
+        assert sys.getswitchinterval() == before  # process slots: Python's own
+        threads = Settings.from_env({"TRTBATCH_SLOT_POOL": "threads", "TRTBATCH_GIL_SWITCH_INTERVAL_MS": "0.5"})
+        share_gil(threads, build_identity(threads, args))
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+    finally:
+        sys.setswitchinterval(before)
 
 
 def test_gpu_decoders_are_closed_at_shutdown(stand_in) -> None:

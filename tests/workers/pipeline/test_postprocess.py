@@ -101,3 +101,18 @@ def test_big_raw_outputs_are_summarised() -> None:
                                         "max": 8.0}
     assert out[0]["outputs"]["map"]["max"] == 0.0
     assert out[0]["outputs"]["exact"] == [1.0] * MAX_RAW_VALUES  # exactly at the limit: kept
+
+
+def test_softmax_top_k_gives_the_scores_and_order_of_softmax_then_top_k() -> None:
+    """The fused path normalises only the picked scores: the same values (bit for bit) and order as
+    softmax over every class first, on logits like a 1000-class model's, with ties by index."""
+    from workers.pipeline.postprocess import softmax_top_k
+
+    rng = np.random.default_rng(7)
+    logits = (rng.standard_normal((64, 1000)) * 4).astype(np.float32)
+    logits[3, [10, 20, 30]] = 50.0  # a three-way tie at the top
+    fused = softmax_top_k(logits, LABELS, 5)
+    plain = top_k(softmax(logits.astype(np.float64)), LABELS, 5)
+    assert fused == plain
+    assert [r["index"] for r in fused[3][:3]] == [10, 20, 30]
+    assert softmax_top_k(logits[:2, :3], LABELS, 10) == top_k(softmax(logits[:2, :3].astype(np.float64)), LABELS, 10)
