@@ -7,7 +7,7 @@
 #       slots, GPU decode on and off, Ray Data beside it), bench-fp32, bench-decoders (thread slots with
 #       1-3 GPU decoders per process, prefetch 1 and 2), bench-steady (16,384 and 65,536 images),
 #       bench-backends (nvImageCodec's hardware and hybrid JPEG backends), bench-gil (py-spy's GIL
-#       profile of the worker, GIL switch intervals), probe (bench/gpu_decode_probe.py, its parts in
+#       profile of the worker, GIL switch intervals), bench-slots (the defaults, 16k and 65k images; 5, 6 slots), probe (bench/gpu_decode_probe.py, its parts in
 #       PROBE_PARTS; after a bench step, which makes the FP16 model), kill (two workers on the one GPU,
 #       one SIGKILLed mid-job).
 # Before the first step: the onnxruntime-gpu bundle in /tmp/parts, wheels in /tmp/whl, the models
@@ -189,6 +189,9 @@ case $step in
     SWITCH_MS=1 bench 500x375 on fp16 none threads 4 2
     SWITCH_MS=0.5 bench 500x375 on fp16 none threads 4 2
     PREFETCH=2 SWITCH_MS=1 bench 500x375 on fp16 none threads 6 2 ;;
+  bench-slots)  # the defaults (4 thread slots, 2 decoders, GIL switch 1 ms) on 16,384 and 65,536 images; 5 and 6 slots
+    bench 500x375 on fp16 none threads 4 2; IMAGES=65536 bench 500x375 on fp16 none threads 4 2
+    bench 500x375 on fp16 none threads 5 2; bench 500x375 on fp16 none threads 6 3 ;;
   bench-steady)  # thread slots: a job of 16,384 and one of 65,536 images; process slots
     bench 500x375 on fp16 none threads 4; IMAGES=65536 bench 500x375 on fp16 none threads 4
     IMAGES=65536 bench 500x375 on fp16 none processes 4 ;;
