@@ -88,8 +88,8 @@ class Settings:
     #: ONNX Runtime's CUDA EP on a stream of each predictor's own ("own") or on its default streams ("default")
     gpu_engine_stream: str = "default"
     #: GPU decode with thread slots: the GPU decoders a worker process keeps for its slots (at most one
-    #: per slot); a batch decodes on whichever is free. Process slots have one each. H200, ResNet50 FP16:
-    #: one decoder caps the slots at the rate of one 12.7 ms decode per batch (docs/gpu-verification.md).
+    #: per slot); a batch decodes on whichever is free. Process slots have one each. H200, ResNet50 FP16,
+    #: 4 thread slots: 1 decoder 6,405 img/s, 2: 6,796, 3: 6,048 (docs/gpu-verification.md).
     gpu_decoders: int = 2
     #: Thread slots: Python's GIL switch interval in the worker process (Python's own is 5 ms). A slot
     #: whose batch is next on the GPU waits for the GIL at most this long while another slot runs

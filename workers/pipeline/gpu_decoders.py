@@ -6,10 +6,10 @@ whichever decoder is free, only for its GPU part (routing and the Pillow-path im
 several batches decode at once while another infers. The pool's decoders split the worker's CPU
 threads between them (nvImageCodec's own threads, the hybrid backend's Huffman stage).
 
-Why a pool: one decoder serialises the slots' batches behind a 12.7 ms decode beside inference
-(hybrid backend, H200, ResNet50 FP16 batch 128), capping a worker below the engine's 11,300 img/s;
-without Redis and Celery three decoders fed the engine at 0.88 of it (bench/gpu_decode_probe.py,
-docs/gpu-verification.md). A decoder for every slot was slower end to end than one shared.
+Why a pool of two: one decoder serialises the slots' batches behind its 12.7 ms decode beside
+inference (hybrid backend, H200, ResNet50 FP16 batch 128). End to end with 4 thread slots: 1 decoder
+6,405 img/s, 2: 6,796, 3: 6,048 - more decoders split the CPU threads and the GPU further
+(docs/gpu-verification.md, night section).
 """
 
 from __future__ import annotations
