@@ -158,7 +158,7 @@ bench() {  # IMAGE_SIZE GPU_DECODE PRECISION PEER [SLOT_POOL [SLOTS [GPU_DECODER
     --image-size "$1" --gpu-decode "$2" --peer "$4" --peer-images 8192 -n "${IMAGES:-16384}" --naive-images 0 --bare-seconds 5 \
     --timeline "$out/timeline.jsonl" ${PY_SPY:+--py-spy "$out/spy-$name.txt"} -o "$out/bench.jsonl" \
     >"$out/bench-$name.log" 2>&1 || tail -30 "$out/bench-$name.log"
-  [ -z "${PY_SPY:-}" ] || python3 bench/gil_summary.py "$out/spy-$name.txt" --top 30 \
+  [ -z "${PY_SPY:-}" ] || [ ! -f "$out/spy-$name.txt" ] || python3 bench/gil_summary.py "$out/spy-$name.txt" --top 30 \
     --seconds "$(tail -1 "$out/bench.jsonl" | python3 -c 'import json,sys; print(json.load(sys.stdin)["py_spy"]["seconds"])')" \
     >"$out/gil-$name.json"
   tail -1 "$out/bench.jsonl" | cut -c1-1500
@@ -189,7 +189,8 @@ case $step in
     SWITCH_MS=1 bench 500x375 on fp16 none threads 4 2
     SWITCH_MS=0.5 bench 500x375 on fp16 none threads 4 2
     PREFETCH=2 SWITCH_MS=1 bench 500x375 on fp16 none threads 6 2 ;;
-  bench-slots)  # the defaults (4 thread slots, 2 decoders, GIL switch 1 ms) on 16,384 and 65,536 images; 5 and 6 slots
+  bench-slots)  # the defaults (4 thread slots, 2 decoders, GIL switch 1 ms) on 16,384 and 65,536 images; 5 slots
+    # with 2 decoders, 6 with 3
     bench 500x375 on fp16 none threads 4 2; IMAGES=65536 bench 500x375 on fp16 none threads 4 2
     bench 500x375 on fp16 none threads 5 2; bench 500x375 on fp16 none threads 6 3 ;;
   bench-steady)  # thread slots: a job of 16,384 and one of 65,536 images; process slots

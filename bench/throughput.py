@@ -286,7 +286,7 @@ def report(opts: BenchOptions, out: dict[str, Any]) -> dict[str, Any]:
     if "device" in a:
         line["bare_device_images_per_s"] = round(a["device"]["images_per_s"], 2)
         line["ratio_e2e_over_bare_device"] = round(b["images_per_s"] / a["device"]["images_per_s"], 4)
-    if out.get("py_spy"):
+    if out.get("py_spy", {}).get("seconds"):
         line["py_spy"] = {"file": opts.py_spy, "seconds": out["py_spy"]["seconds"], "rate": GIL_RATE}
     if c:
         line.update(naive_images_per_s=round(c["images_per_s"], 2), naive_images=c["images"],

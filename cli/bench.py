@@ -58,7 +58,8 @@ from cli.util import Context, pass_ctx
 @click.option("--timeline", type=click.Path(dir_okay=False), default="",
               help="Also append every batch's step times (s since the job was created) and slot to this file.")
 @click.option("--py-spy", "py_spy", type=click.Path(dir_okay=False), default="",
-              help="Also record the worker's stacks that hold the GIL during the end-to-end run (py-spy, raw format).")
+              help="Also record the worker's stacks that hold the GIL during the end-to-end run (py-spy, raw "
+                   "format; with process slots, each pool process's own GIL).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also append the JSON line to this file.")
 @pass_ctx
 def bench(ctx: Context, model: str, precision: str, batch_size: int, device: str, threads: int,

@@ -1,7 +1,8 @@
 """The Celery app, configured from what we measured on Celery 5.x + Redis.
 
-* Late acks + reject on worker lost + prefetch 1: a batch is acknowledged only after its results
-  are written, and a child that dies mid-batch hands the batch back at once.
+* Late acks + reject on worker lost + prefetch 1 by default (``prefetch_multiplier``): a batch is
+  acknowledged only after its results are written, and a child that dies mid-batch hands the batch
+  back at once.
 * Visibility is a *lease*, not a task-length bound: kombu restores an unacked message whose
   timestamp is older than ``visibility_timeout_s``; workers/process/lease.py renews the timestamps of
   every message the worker holds, every ``lease_refresh_s``. So a batch held by a live worker is

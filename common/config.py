@@ -93,7 +93,8 @@ class Settings:
     gpu_decoders: int = 2
     #: Thread slots: Python's GIL switch interval in the worker process (Python's own is 5 ms). A slot
     #: whose batch is next on the GPU waits for the GIL at most this long while another slot runs
-    #: Python. H200, ResNet50 FP16, 4 thread slots: steady 8,590 img/s at 1 ms, 8,250 at 0.5, 7,872 at 5.
+    #: Python. H200, ResNet50 FP16, 4 thread slots, one run each on one machine: steady 8,590 img/s at
+    #: 1 ms, 8,250 at 0.5, 7,872 at 5 (with py-spy attached; 7,930 without, on another machine).
     gil_switch_interval_ms: float = 1.0
     #: nvImageCodec's JPEG backend on GPU workers: "hybrid" (Huffman decoding on the worker's CPU threads,
     #: the rest on the GPU) or "hardware" (the GPU's JPEG engine, NVJPG, first; hybrid where it refuses).

@@ -298,7 +298,8 @@ class JobRecord:
     created_s: float = 0.0
     updated_s: float = 0.0
     finished_s: float | None = None
-    #: when the producer had sent every image (of the last ``submit --resume``)
+    #: when the producer stopped sending: every image sent, or the job ended first (cancelled,
+    #: unservable); a ``submit --resume`` sets it again
     submitted_s: float | None = None
     cancelled_s: float | None = None
     #: when a check first found no live worker serving the job's queue (cleared when one appears)

@@ -1,7 +1,8 @@
 """Submit a job: resolve the model, stream inputs into claim-check batches, enqueue, resume.
 
 Each batch's image bytes go to Redis under ``trtbatch:payload:<job>:<batch>`` (pipelined,
-``BATCHES_PER_ROUND_TRIP`` at a time, by a sending thread while the next batches' files are read)
+1, 2, 4, then ``BATCHES_PER_ROUND_TRIP`` at a time, by a sending thread while the next batches' files
+are read)
 and its Celery message carries only keys. At most
 ``max_inflight_batches`` batches are queued but unfinished at any moment (backpressure), so a
 job of a million images needs bounded memory in the producer (two round trips of payloads: one being

@@ -493,7 +493,8 @@ def test_publishing_rides_out_a_redis_restart(faults):
 def test_producer_killed_mid_submit_then_resumed(faults, digits):
     """SIGKILL a ``trtbatch submit`` after some batches went out; ``trtbatch submit --resume JOB`` sends
     the rest. Exactly one record per image, and only the round trip cut by the kill may be sent twice:
-    the producer records its cursor after each round trip of ``BATCHES_PER_ROUND_TRIP`` batches, so
+    the producer records its cursor after each round trip of ``BATCHES_PER_ROUND_TRIP`` batches (past
+    the first three, of 1, 2 and 4: long gone a quarter into the job), so
     every batch below the cursor was sent once by the first producer, every batch from cursor +
     BATCHES_PER_ROUND_TRIP on once by the resume, and a batch in between at most twice - whose
     second run then finds its records written and changes nothing."""

@@ -8,7 +8,7 @@ the device lock that lets slots share one device without running at once, and an
 the process room plugs metrics into. Tasks find it with ``current()``.
 
 With thread slots (``slot_pool = threads``: every slot a thread of one process, so the slots of a
-GPU share one CUDA context and one JPEG decoder), the worker builds one context per slot before it
+GPU share one CUDA context and a pool of JPEG decoders), the worker builds one context per slot before it
 consumes, and each pool thread takes one for good on its first task.
 """
 
@@ -150,7 +150,8 @@ class SlotContext:
     manifests: dict[str, ModelManifest] = field(default_factory=dict)
     #: (version, engine, variant) -> the version that engine loads (workers/pipeline/predictors.py)
     artifact_ids: dict[tuple[str, str, str], str] = field(default_factory=dict)
-    #: preprocessing (a manifest's table) -> its GPU decoder (workers/pipeline/gpu_decode.py)
+    #: process slots: preprocessing (a manifest's table) -> its GPU decoders, or False where they could
+    #: not start (workers/pipeline/gpu_decoders.py; thread slots share a process-wide cache)
     gpu_decoders: dict[Any, Any] = field(default_factory=dict)
     state: SlotState = field(default_factory=SlotState)
     #: (monotonic start, a BatchTask or the id of a whole job) of what this slot runs now (the thread

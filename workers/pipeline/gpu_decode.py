@@ -26,7 +26,7 @@ import contextlib
 import importlib.util
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +40,8 @@ from workers.pipeline.gpu_route import GPU, preprocess_route, route
 from workers.pipeline.resample import ARG, KERNELS, NARGS, Coeffs, coefficients
 
 log = logging.getLogger("trtbatch.gpu_decode")
+#: the Pillow path for the items it is handed: (host rows, each item's notes or error)
+CpuDecode = Callable[[list[PayloadItem]], tuple[np.ndarray, list[Any]]]
 THREADS = 256
 MAX_SIZES = 4096  # input sizes whose tables stay on the device; more and the cache starts over
 _LOCK = threading.Lock()
@@ -177,11 +179,12 @@ class GpuDecoder:
         with self._lock:
             yield self
 
-    def decode(self, items: list[PayloadItem], cpu_decode) -> GpuBatch:
+    def decode(self, items: list[PayloadItem], cpu_decode: CpuDecode) -> GpuBatch:
         """``cpu_decode(items) -> (host buffer, decoded)``: the Pillow path for the items it is handed."""
         return self.decode_with(items, cpu_decode, self.held)
 
-    def decode_with(self, items: list[PayloadItem], cpu_decode, take) -> GpuBatch:
+    def decode_with(self, items: list[PayloadItem], cpu_decode: CpuDecode,
+                    take: Callable[[], contextlib.AbstractContextManager[GpuDecoder]]) -> GpuBatch:
         """``decode``, with the GPU part on the decoder ``take()`` holds (this one, or a free one of a
         pool of decoders of the same preprocessing): the images routed to Pillow are decoded before
         it is taken, the few the GPU decoder refuses while it is held."""
@@ -205,7 +208,8 @@ class GpuDecoder:
         return GpuBatch(tensor, decoded, good, len(on_gpu), routed, h2d)
 
     @staticmethod
-    def _pillow(items: list[PayloadItem], idx: list[int], cpu_decode, decoded: list[Any]) -> dict[int, np.ndarray]:
+    def _pillow(items: list[PayloadItem], idx: list[int], cpu_decode: CpuDecode, decoded: list[Any]
+                ) -> dict[int, np.ndarray]:
         """Pillow-decode ``items[idx]``: their outcomes into ``decoded``, their usable rows returned."""
         if not idx:
             return {}

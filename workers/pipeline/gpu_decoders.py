@@ -19,12 +19,15 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.imaging import Preprocessor
 from common.schemas import PayloadItem
 from workers.engines.base import Predictor
 from workers.pipeline.context import SlotContext
+
+if TYPE_CHECKING:
+    from workers.pipeline.gpu_decode import CpuDecode
 
 log = logging.getLogger("trtbatch.pipeline")
 
@@ -55,7 +58,7 @@ class DecoderPool:
         finally:
             self._free.put(decoder)
 
-    def decode(self, items: list[PayloadItem], cpu_decode) -> Any:
+    def decode(self, items: list[PayloadItem], cpu_decode: CpuDecode) -> Any:
         """``GpuDecoder.decode`` with the GPU part on the first free decoder."""
         return self.decoders[0].decode_with(items, cpu_decode, self._take)
 

@@ -42,14 +42,21 @@ def softmax_top_k(logits: np.ndarray, post: Postprocess, k: int) -> list[list[di
 
 
 def _best(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the indices of the ``k`` largest values, best first (ties: the lower index first),
-    and those values."""
+    """Per row, the indices of the ``k`` largest values, best first (ties: the lower index first, also
+    across the k-th place; NaN ranks last), and those values."""
     n = values.shape[-1]
     k = min(k, n)
-    part = np.argpartition(values, n - k, axis=-1)[:, n - k:]
-    picked = np.take_along_axis(values, part, axis=-1)
-    order = np.lexsort((part, -picked), axis=-1)
-    return np.take_along_axis(part, order, axis=-1), np.take_along_axis(picked, order, axis=-1)
+    ranked = np.where(np.isnan(values), -np.inf, values) if np.isnan(values).any() else values
+    part = np.argpartition(ranked, n - k, axis=-1)[:, n - k:]
+    kth = np.take_along_axis(ranked, part, axis=-1).min(axis=-1, keepdims=True)
+    # a tie across the k-th place: which of the tied argpartition kept is arbitrary
+    crossing = (ranked >= kth).sum(axis=-1) > k
+    if crossing.any():
+        part[crossing] = np.argsort(-ranked[crossing], axis=-1, kind="stable")[:, :k]
+    keys = np.take_along_axis(ranked, part, axis=-1)
+    order = np.lexsort((part, -keys), axis=-1)
+    part = np.take_along_axis(part, order, axis=-1)
+    return part, np.take_along_axis(values, part, axis=-1)
 
 
 def _rows(indices: np.ndarray, values: np.ndarray, post: Postprocess) -> list[list[dict[str, Any]]]:

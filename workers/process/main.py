@@ -64,8 +64,9 @@ def check_slot_settings(settings: Settings) -> None:
         raise ConfigError(f"gpu_engine_stream must be default or own, got {settings.gpu_engine_stream!r}")
     if settings.prefetch_multiplier < 1:  # Celery reads 0 as no limit at all
         raise ConfigError(f"prefetch_multiplier must be 1 or more, got {settings.prefetch_multiplier}")
-    if settings.gil_switch_interval_ms <= 0:
-        raise ConfigError(f"gil_switch_interval_ms must be above 0, got {settings.gil_switch_interval_ms}")
+    if not 0 < settings.gil_switch_interval_ms < 1000:  # NaN too; sys.setswitchinterval takes seconds
+        raise ConfigError(f"gil_switch_interval_ms must be above 0 and below 1000, "
+                          f"got {settings.gil_switch_interval_ms}")
     if settings.gpu_decoders < 1:
         raise ConfigError(f"gpu_decoders must be 1 or more, got {settings.gpu_decoders}")
     if settings.gpu_jpeg_backend not in ("hybrid", "hardware"):

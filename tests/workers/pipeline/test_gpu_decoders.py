@@ -111,6 +111,31 @@ def test_a_batch_takes_a_free_decoder_and_waits_while_all_are_busy(stand_in) -> 
     assert third and third[0] in got
 
 
+def test_a_decoder_whose_batch_failed_goes_back_to_the_pool(stand_in) -> None:
+    pool = DecoderPool([StandIn(PRE, 0, 1, "hybrid"), StandIn(PRE, 0, 1, "hybrid")])
+
+    def fails(decoder: StandIn) -> None:
+        raise RuntimeError("nvImageCodec: decode failed")
+    for _ in range(2):  # as many as there are decoders: one kept by a failure would block the next step
+        with pytest.raises(RuntimeError, match="decode failed"):
+            pool.decode([], fails)
+    held, release = threading.Barrier(3), threading.Event()
+    got: list[StandIn] = []
+
+    def busy(decoder: StandIn) -> None:
+        got.append(decoder)
+        held.wait(5)
+        release.wait(5)
+    threads = [threading.Thread(target=pool.decode, args=([], busy)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    held.wait(5)  # both decoders were free again: two batches hold one each
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert len({id(d) for d in got}) == 2
+
+
 def test_a_pool_that_cannot_start_fully_serves_with_fewer_and_says_so(stand_in) -> None:
     errors: list[dict] = []
     stand_in.fail_after = 2
@@ -135,8 +160,10 @@ def test_decoder_settings_are_checked_and_capped_at_the_slots() -> None:
         build_identity(Settings.from_env({"TRTBATCH_GPU_DECODERS": "0"}), args)
     with pytest.raises(ConfigError, match="prefetch_multiplier must be 1 or more, got 0"):
         build_identity(Settings.from_env({"TRTBATCH_PREFETCH_MULTIPLIER": "0"}), args)
-    with pytest.raises(ConfigError, match=r"gil_switch_interval_ms must be above 0, got 0\.0"):
+    with pytest.raises(ConfigError, match=r"gil_switch_interval_ms must be above 0 and below 1000, got 0\.0"):
         build_identity(Settings.from_env({"TRTBATCH_GIL_SWITCH_INTERVAL_MS": "0"}), args)
+    with pytest.raises(ConfigError, match="gil_switch_interval_ms must be above 0 and below 1000, got nan"):
+        build_identity(Settings.from_env({"TRTBATCH_GIL_SWITCH_INTERVAL_MS": "nan"}), args)
     with pytest.raises(ConfigError, match="gpu_jpeg_backend must be hybrid or hardware"):
         build_identity(Settings.from_env({"TRTBATCH_GPU_JPEG_BACKEND": "nvjpg"}), args)
     threads = {"TRTBATCH_SLOT_POOL": "threads"}

@@ -116,3 +116,14 @@ def test_softmax_top_k_gives_the_scores_and_order_of_softmax_then_top_k() -> Non
     assert fused == plain
     assert [r["index"] for r in fused[3][:3]] == [10, 20, 30]
     assert softmax_top_k(logits[:2, :3], LABELS, 10) == top_k(softmax(logits[:2, :3].astype(np.float64)), LABELS, 10)
+
+
+def test_ties_across_the_kth_place_keep_the_lower_indices_and_nan_ranks_last() -> None:
+    """Equal scores straddling the k-th place (constant or quantised outputs): the lowest indices are
+    kept, best first; a NaN score never takes a place a number could have."""
+    rows = top_k(np.array([[0.1] * 10, [0.0, 0.5, 0.5, 0.5, 0.2, 0.5, 0.0, 0.0, 0.0, 0.0]]), LABELS, 3)
+    assert [r["index"] for r in rows[0]] == [0, 1, 2]
+    assert [r["index"] for r in rows[1]] == [1, 2, 3]
+    with_nan = top_k(np.array([[0.5, np.nan, 0.9, 0.1, 0.7]]), LABELS, 2)
+    assert [(r["index"], r["score"]) for r in with_nan[0]] == [(2, 0.9), (4, 0.7)]
+    assert [r["index"] for r in top_k(np.array([[np.nan, 0.3]]), LABELS, 2)[0]] == [1, 0]  # k = every class
