@@ -21,7 +21,6 @@ import numpy as np
 
 from common import catalog
 from common.errors import ConversionError
-from common.imaging import Preprocessor
 from common.manifest import ONNX_FILE, ModelManifest
 from common.schemas import BatchPayload, ConvertTask
 from common.spec import PredictorSpec
@@ -37,7 +36,7 @@ MAX_CHECK_SAMPLES = 64
 
 def check_inputs(ctx: SlotContext, task: ConvertTask, manifest: ModelManifest) -> np.ndarray:
     """The job's check images, preprocessed as workers do; else seeded random 8-bit images."""
-    pre = Preprocessor(manifest.preprocess, manifest.input.chw, ctx.settings.max_image_pixels)
+    pre = ctx.preprocessor(manifest)  # the image limits and modes of this worker's batches
     arrays = []
     for key in task.check_payload_keys:
         raw = ctx.conn.get(key)
