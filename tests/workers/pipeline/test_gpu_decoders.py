@@ -85,8 +85,10 @@ def test_no_decoder_where_the_gpu_path_cannot_serve(stand_in) -> None:
     assert gpu_decoder(ctx, PRE, PREDICTOR) is None and stand_in.made == []
 
 
-def test_a_batch_takes_a_free_decoder_and_waits_while_all_are_busy(stand_in) -> None:
-    pool = DecoderPool([StandIn(PRE, 0, 1, "hybrid"), StandIn(PRE, 0, 1, "hybrid")])
+@contextlib.contextmanager
+def two_batches_decoding(pool: DecoderPool):
+    """Two batches decoding at once, each holding a decoder until the block ends; yields the decoders
+    they hold."""
     inside, release = threading.Barrier(3), threading.Event()
     got: list[StandIn] = []
 
@@ -95,19 +97,28 @@ def test_a_batch_takes_a_free_decoder_and_waits_while_all_are_busy(stand_in) -> 
         inside.wait(5)
         release.wait(5)
         return decoder
-    threads = [threading.Thread(target=pool.decode, args=([], busy)) for _ in range(2)]
+    threads = [threading.Thread(target=pool.decode, args=([], busy), daemon=True) for _ in range(2)]
     for t in threads:
         t.start()
-    inside.wait(5)  # both batches are decoding at once, on different decoders
-    assert len({id(d) for d in got}) == 2
+    inside.wait(5)  # both batches are inside their decode
+    try:
+        yield got
+    finally:
+        release.set()
+        for t in threads:
+            t.join(5)
+
+
+def test_a_batch_takes_a_free_decoder_and_waits_while_all_are_busy(stand_in) -> None:
+    pool = DecoderPool([StandIn(PRE, 0, 1, "hybrid"), StandIn(PRE, 0, 1, "hybrid")])
     third: list[StandIn] = []
     waiter = threading.Thread(target=lambda: third.append(pool.decode([], lambda d: d)))
-    waiter.start()
-    waiter.join(0.3)
-    assert waiter.is_alive() and third == []  # no decoder free: the third batch waits
-    release.set()
-    for t in [*threads, waiter]:
-        t.join(5)
+    with two_batches_decoding(pool) as got:
+        assert len({id(d) for d in got}) == 2  # at once, on different decoders
+        waiter.start()
+        waiter.join(0.3)
+        assert waiter.is_alive() and third == []  # no decoder free: the third batch waits
+    waiter.join(5)
     assert third and third[0] in got
 
 
@@ -119,21 +130,8 @@ def test_a_decoder_whose_batch_failed_goes_back_to_the_pool(stand_in) -> None:
     for _ in range(2):  # as many as there are decoders: one kept by a failure would block the next step
         with pytest.raises(RuntimeError, match="decode failed"):
             pool.decode([], fails)
-    held, release = threading.Barrier(3), threading.Event()
-    got: list[StandIn] = []
-
-    def busy(decoder: StandIn) -> None:
-        got.append(decoder)
-        held.wait(5)
-        release.wait(5)
-    threads = [threading.Thread(target=pool.decode, args=([], busy)) for _ in range(2)]
-    for t in threads:
-        t.start()
-    held.wait(5)  # both decoders were free again: two batches hold one each
-    release.set()
-    for t in threads:
-        t.join(5)
-    assert len({id(d) for d in got}) == 2
+    with two_batches_decoding(pool) as got:  # both decoders were free again: two batches hold one each
+        assert len({id(d) for d in got}) == 2
 
 
 def test_a_pool_that_cannot_start_fully_serves_with_fewer_and_says_so(stand_in) -> None:
